@@ -1,0 +1,304 @@
+//! Configuration: every setting is a flag with an environment twin (`CHORUS_*`).
+//!
+//! `chorus --help` is the reference; the README has the same table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// chorus: a WebSocket chat and presence gateway.
+///
+/// With no flags it runs the embedded mode: one node on 127.0.0.1:8080, history in
+/// SQLite under ./chorus-data, dev authentication (`?user=NAME`) because no JWT
+/// key is configured, and a demo page at http://127.0.0.1:8080/.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chorus", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (HTTP API and WebSocket on the same port). Port 0 picks a free port.
+    #[arg(long, env = "CHORUS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded SQLite history.
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data")]
+    pub data_dir: PathBuf,
+
+    /// This node's id (appears in presence and logs). Generated when absent.
+    #[arg(long, env = "CHORUS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file (RSA for RS256 or EC P-256 for ES256) for client JWTs.
+    #[arg(long, env = "CHORUS_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Accept `?user=NAME` without a token. INSECURE: for the local demo only.
+    /// On by default when no JWT key is configured and the listen address is loopback.
+    #[arg(long, env = "CHORUS_DEV_INSECURE_AUTH")]
+    pub dev_insecure_auth: bool,
+
+    /// Secret that signs resume tokens; nodes of one cluster must share it.
+    /// Random per process when absent (resume then works only on this process).
+    #[arg(long, env = "CHORUS_RESUME_SECRET", hide_env_values = true)]
+    pub resume_secret: Option<String>,
+
+    /// Server API keys for the HTTP API (comma separated).
+    #[arg(
+        long = "api-key",
+        env = "CHORUS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Log format: `text` (human-readable) or `json`.
+    #[arg(long, env = "CHORUS_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Server ping interval, milliseconds.
+    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+
+    /// Close a connection silent for this long, milliseconds.
+    #[arg(long, env = "CHORUS_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Time allowed between the upgrade and `hello`, milliseconds.
+    #[arg(long, env = "CHORUS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// How long a resume token stays valid, milliseconds.
+    #[arg(long, env = "CHORUS_RESUME_TTL_MS", default_value_t = 300_000)]
+    pub resume_ttl_ms: u64,
+
+    /// Delay before a disconnected user's presence leave is broadcast, milliseconds.
+    #[arg(long, env = "CHORUS_PRESENCE_GRACE_MS", default_value_t = 5_000)]
+    pub presence_grace_ms: u64,
+
+    /// Largest inbound WebSocket frame, bytes.
+    #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: u64,
+
+    /// Largest message body + meta, bytes.
+    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 16_384)]
+    pub max_message_bytes: u64,
+
+    /// Rooms one connection may join.
+    #[arg(long, env = "CHORUS_MAX_ROOMS", default_value_t = 100)]
+    pub max_rooms: u64,
+
+    /// Connections one user may hold on this node.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: u64,
+
+    /// Connections this node accepts in total.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: u64,
+
+    /// Sustained sends per second per connection.
+    #[arg(long, env = "CHORUS_SENDS_PER_SEC", default_value_t = 50)]
+    pub sends_per_sec: u64,
+
+    /// Send burst per connection.
+    #[arg(long, env = "CHORUS_SEND_BURST", default_value_t = 100)]
+    pub send_burst: u64,
+
+    /// Sustained inbound frames per second per connection before closing 4004 (flood).
+    #[arg(long, env = "CHORUS_FRAMES_PER_SEC", default_value_t = 200)]
+    pub frames_per_sec: u64,
+
+    /// Inbound frame burst per connection.
+    #[arg(long, env = "CHORUS_FRAME_BURST", default_value_t = 400)]
+    pub frame_burst: u64,
+
+    /// Outbound frames queued per connection before it is closed as slow (4002).
+    #[arg(long, env = "CHORUS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Time a write to a client may block before it is closed as slow, milliseconds.
+    #[arg(long, env = "CHORUS_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// Largest history page.
+    #[arg(long, env = "CHORUS_MAX_HISTORY_PAGE", default_value_t = 100)]
+    pub max_history_page: u64,
+
+    /// Messages replayed on join/resume before reporting `recovered: false`.
+    #[arg(long, env = "CHORUS_MAX_REPLAY", default_value_t = 10_000)]
+    pub max_replay: u64,
+
+    /// Time a send may wait for its commit before `timeout`, milliseconds.
+    #[arg(long, env = "CHORUS_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+
+    /// Most messages in one group commit.
+    #[arg(long, env = "CHORUS_BATCH_MAX", default_value_t = 1024)]
+    pub batch_max: usize,
+
+    /// Pending sends queued for the writer before `unavailable` is returned.
+    #[arg(long, env = "CHORUS_WRITER_QUEUE", default_value_t = 65_536)]
+    pub writer_queue: usize,
+
+    /// Interval between coalesced receipt broadcasts, milliseconds.
+    #[arg(long, env = "CHORUS_RECEIPT_INTERVAL_MS", default_value_t = 100)]
+    pub receipt_interval_ms: u64,
+
+    /// Minimum interval between typing events per room per connection, milliseconds.
+    #[arg(long, env = "CHORUS_TYPING_INTERVAL_MS", default_value_t = 1_000)]
+    pub typing_interval_ms: u64,
+
+    /// Retention: delete messages older than this many seconds (0 keeps forever).
+    #[arg(long, env = "CHORUS_RETENTION_MAX_AGE_SECS", default_value_t = 0)]
+    pub retention_max_age_secs: u64,
+
+    /// Retention: keep at most this many messages per room (0 keeps all).
+    #[arg(long, env = "CHORUS_RETENTION_MAX_COUNT", default_value_t = 0)]
+    pub retention_max_count: u64,
+
+    /// How often retention runs, seconds.
+    #[arg(long, env = "CHORUS_RETENTION_INTERVAL_SECS", default_value_t = 3_600)]
+    pub retention_interval_secs: u64,
+
+    /// Deadline for a graceful drain on SIGTERM/SIGINT, milliseconds.
+    #[arg(long, env = "CHORUS_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Allowed browser origins (comma separated); empty allows any.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHORUS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Config {
+    /// Parse from `args` (first is the program name) and the environment.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::try_parse_from(args)
+    }
+
+    /// Whether dev authentication is in force: asked for, or implied by having no
+    /// JWT key on a loopback address.
+    pub fn dev_auth(&self) -> bool {
+        self.dev_insecure_auth
+            || (self.jwt_secret.is_none()
+                && self.jwt_public_key.is_none()
+                && self.listen.ip().is_loopback())
+    }
+
+    /// Every problem with the configuration, all at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.dev_auth() {
+            errs.push(format!(
+                "no JWT key configured and {} is not a loopback address: set --jwt-secret or \
+                 --jwt-public-key (or --dev-insecure-auth to accept ?user=NAME, insecure)",
+                self.listen
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.idle_timeout_ms <= self.heartbeat_ms {
+            errs.push("--idle-timeout-ms must be greater than --heartbeat-ms > 0".into());
+        }
+        for (name, v) in [
+            ("--max-frame-bytes", self.max_frame_bytes),
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-rooms", self.max_rooms),
+            ("--sends-per-sec", self.sends_per_sec),
+            ("--send-burst", self.send_burst),
+            ("--frames-per-sec", self.frames_per_sec),
+            ("--frame-burst", self.frame_burst),
+            ("--max-history-page", self.max_history_page),
+        ] {
+            if v == 0 {
+                errs.push(format!("{name} must be positive"));
+            }
+        }
+        if self.outbound_queue == 0 || self.batch_max == 0 || self.writer_queue == 0 {
+            errs.push("--outbound-queue, --batch-max and --writer-queue must be positive".into());
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            errs.push(format!(
+                "--log-format must be text or json, not {}",
+                self.log_format
+            ));
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_millis(self.presence_grace_ms)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+
+    /// The limits announced in `welcome`.
+    pub fn limits(&self) -> chorus_protocol::Limits {
+        chorus_protocol::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_message_bytes: self.max_message_bytes,
+            max_rooms: self.max_rooms,
+            sends_per_sec: self.sends_per_sec,
+            send_burst: self.send_burst,
+            max_history_page: self.max_history_page,
+            max_replay: self.max_replay,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_demo() {
+        let c = Config::from_args(["chorus"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.dev_auth());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn public_address_without_key_is_refused() {
+        let c = Config::from_args(["chorus", "--listen", "0.0.0.0:8080"]).unwrap();
+        assert!(!c.dev_auth());
+        let errs = c.validate().unwrap_err();
+        assert!(errs[0].contains("JWT"));
+    }
+
+    #[test]
+    fn all_errors_reported_at_once() {
+        let c = Config::from_args([
+            "chorus",
+            "--max-rooms",
+            "0",
+            "--heartbeat-ms",
+            "100",
+            "--idle-timeout-ms",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().len(), 2);
+    }
+}

@@ -1,0 +1,1081 @@
+//! One WebSocket connection: handshake, the request loop, delivery, heartbeats,
+//! and the close.
+//!
+//! One task per connection owns the socket (reads and writes) and the
+//! connection's room cursors; others reach it through its bounded outbound queue
+//! and its kill switch (see `hub`). The task `select!`s over: inbound frames,
+//! the outbound queue, acks of sends in flight, the heartbeat tick, token
+//! expiry, the kill switch and the node's shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use chorus_history::{Position, ReadRange, StoredMessage};
+use chorus_protocol::{
+    ClientFrame, CloseCode, ErrorCode, Json, Message, PROTOCOL_VERSION, Resume, RoomState,
+    ServerFrame, valid_room,
+};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+use tracing::{debug, warn};
+
+use crate::auth::{AuthError, Identity, now_ms};
+use crate::hub::{ConnHandle, Kill, Outbound};
+use crate::node::Node;
+use crate::presence::PresenceEntry;
+use crate::ratelimit::TokenBucket;
+use crate::sequencer::{Acked, SendError, SendRequest, await_ack};
+
+/// Credentials found on the upgrade request.
+#[derive(Debug, Default, Clone)]
+pub struct UpgradeAuth {
+    /// From `Authorization: Bearer` or `?access_token=`.
+    pub token: Option<String>,
+    /// From `?user=` (dev mode only).
+    pub dev_user: Option<String>,
+}
+
+/// Frames written per flush when draining the outbound queue.
+const WRITE_BATCH: usize = 256;
+/// Messages read from history per page during replay and gap fill.
+const REPLAY_PAGE: u32 = 500;
+/// Longest `cid`.
+const MAX_CID: usize = 128;
+
+/// Why the loop ended.
+enum End {
+    /// Close with this code.
+    Close(CloseCode),
+    /// The client closed or the socket broke: nothing more to send.
+    Gone,
+}
+
+/// A send waiting for its commit.
+type PendingAck =
+    Pin<Box<dyn Future<Output = (Option<u64>, String, String, Result<Acked, SendError>)> + Send>>;
+
+/// A room this connection has joined.
+struct Joined {
+    /// Public room name (as the client wrote it).
+    public: String,
+    /// Highest seq written to the client: live frames at or below it are
+    /// duplicates, above it + 1 a gap to fill from history.
+    last_seq: u64,
+    /// Last typing event relayed, for the typing rate limit.
+    last_typing: Option<Instant>,
+}
+
+/// Entry point from the HTTP upgrade.
+pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
+    let mut ws = ws;
+    let hello = match handshake(&node, &mut ws).await {
+        Ok(h) => h,
+        Err(code) => {
+            close(&mut ws, code, None).await;
+            return;
+        }
+    };
+    let ClientFrame::Hello {
+        v,
+        token,
+        device,
+        meta,
+        resume,
+    } = hello
+    else {
+        close(
+            &mut ws,
+            CloseCode::ProtocolViolation,
+            Some("first frame must be hello"),
+        )
+        .await;
+        return;
+    };
+    if v != PROTOCOL_VERSION {
+        close(
+            &mut ws,
+            CloseCode::UnsupportedVersion,
+            Some("this server speaks v1"),
+        )
+        .await;
+        return;
+    }
+    let token = creds.token.or(token);
+    let ident = match node
+        .auth
+        .authenticate(token.as_deref(), creds.dev_user.as_deref())
+    {
+        Ok(i) => i,
+        Err(e) => {
+            metrics::counter!("chorus_auth_failures_total").increment(1);
+            let code = e.close_code();
+            let reason = match &e {
+                AuthError::Invalid(_) => "invalid token",
+                AuthError::Missing => "missing token",
+                AuthError::Expired => "token expired",
+            };
+            debug!(error = %e, "authentication failed");
+            close(&mut ws, code, Some(reason)).await;
+            return;
+        }
+    };
+    let user_key = ident.user_key();
+    if !node.admit(&user_key) {
+        close(&mut ws, CloseCode::TooManyConnections, None).await;
+        return;
+    }
+    let (tx, rx) = mpsc::channel(node.cfg.outbound_queue);
+    let handle = ConnHandle {
+        id: node.next_conn_id(),
+        tx,
+        kill: Arc::new(Kill::default()),
+    };
+    let mut conn = Conn {
+        node: node.clone(),
+        ws,
+        handle,
+        rx,
+        user_key: user_key.clone(),
+        ident,
+        session: String::new(),
+        generation: 0,
+        entry: None,
+        rooms: HashMap::new(),
+        sends: TokenBucket::new(node.cfg.sends_per_sec, node.cfg.send_burst),
+        frames: TokenBucket::new(node.cfg.frames_per_sec, node.cfg.frame_burst),
+        last_seen: Instant::now(),
+        pending: FuturesUnordered::new(),
+    };
+    let end = conn.run(device, meta, resume).await;
+    conn.finish(end).await;
+    node.release(&user_key);
+}
+
+/// Wait for the first data frame, which must decode as `hello`.
+async fn handshake(node: &Node, ws: &mut WebSocket) -> Result<ClientFrame, CloseCode> {
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout();
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.recv()).await {
+            Err(_) => return Err(CloseCode::HandshakeTimeout),
+            Ok(None) => return Err(CloseCode::ProtocolViolation),
+            Ok(Some(Err(e))) => return Err(classify(&e).unwrap_or(CloseCode::ProtocolViolation)),
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            WsMessage::Text(t) => {
+                return match ClientFrame::decode(t.as_str()) {
+                    Ok(f @ ClientFrame::Hello { .. }) => Ok(f),
+                    _ => Err(CloseCode::ProtocolViolation),
+                };
+            }
+            WsMessage::Binary(_) => return Err(CloseCode::ProtocolViolation),
+            WsMessage::Close(_) => return Err(CloseCode::ProtocolViolation),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+        }
+    }
+}
+
+/// The close code for a read error, if the error is the client's fault.
+fn classify(e: &axum::Error) -> Option<CloseCode> {
+    let inner = std::error::Error::source(e)?;
+    match inner.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::MessageTooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::ProtocolViolation),
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolViolation),
+        _ => None,
+    }
+}
+
+/// Send a close frame (bounded in time) and let the socket go.
+async fn close(ws: &mut WebSocket, code: CloseCode, detail: Option<&str>) {
+    metrics::counter!("chorus_closes_total", "code" => code.reason()).increment(1);
+    let reason = detail
+        .map(|d| format!("{}: {d}", code.reason()))
+        .unwrap_or_else(|| code.reason().to_owned());
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        ws.send(WsMessage::Close(Some(frame))),
+    )
+    .await;
+}
+
+struct Conn {
+    node: Arc<Node>,
+    ws: WebSocket,
+    handle: ConnHandle,
+    rx: mpsc::Receiver<Outbound>,
+    ident: Identity,
+    user_key: String,
+    /// Session id (kept across resumes).
+    session: String,
+    /// This connection's attach generation of the session (see `Node::detach_session`).
+    generation: u64,
+    /// This connection's presence entry, once attached.
+    entry: Option<PresenceEntry>,
+    /// Room key -> cursor.
+    rooms: HashMap<Arc<str>, Joined>,
+    /// Send rate limit.
+    sends: TokenBucket,
+    /// Inbound frame flood limit.
+    frames: TokenBucket,
+    /// Last inbound frame, for the idle timeout.
+    last_seen: Instant,
+    /// Sends in flight, acked as their commits finish.
+    pending: FuturesUnordered<PendingAck>,
+}
+
+/// A failed request: the error frame to answer it with.
+struct Fail {
+    code: ErrorCode,
+    message: String,
+    retry_after_ms: Option<u64>,
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+type Step = Result<(), End>;
+
+impl Conn {
+    async fn run(
+        &mut self,
+        device: Option<String>,
+        meta: Option<Json>,
+        resume: Option<Resume>,
+    ) -> End {
+        if let Err(end) = self.welcome(device, meta, resume).await {
+            return end;
+        }
+        let mut shutdown = self.node.shutdown_signal();
+        let heartbeat = self.node.cfg.heartbeat();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let expiry = self.ident.exp.map(|exp| {
+            let secs = (exp as i64 * 1000 - now_ms()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(secs)
+        });
+        let kill = self.handle.kill.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                code = kill.wait() => Err(End::Close(code)),
+                _ = crate::node::wait_true(&mut shutdown) => return self.drain().await,
+                _ = sleep_until_opt(expiry) => Err(End::Close(CloseCode::TokenExpired)),
+                inbound = self.ws.recv() => self.on_inbound(inbound).await,
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.on_ack(done).await
+                }
+                Some(out) = self.rx.recv() => self.on_outbound(out).await,
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Authenticated `hello`: attach the session (resumed or new), send `welcome`,
+    /// then re-join resumed rooms.
+    async fn welcome(
+        &mut self,
+        device: Option<String>,
+        meta: Option<Json>,
+        resume: Option<Resume>,
+    ) -> Step {
+        let node = self.node.clone();
+        let grant = resume
+            .as_ref()
+            .and_then(|r| node.auth.verify_resume(&r.token))
+            .filter(|g| g.user == self.ident.user && g.tenant == self.ident.tenant);
+        let resumed = grant.is_some();
+        self.session = grant
+            .map(|g| g.session)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let device = device
+            .filter(|d| !d.is_empty() && d.len() <= 64)
+            .unwrap_or_else(|| "default".to_owned());
+        let meta = meta
+            .and_then(|m| m.parse::<serde_json::Value>().ok())
+            .filter(|m| !m.is_null());
+        let entry = PresenceEntry {
+            session: self.session.clone(),
+            user: self.ident.user.clone(),
+            user_key: self.user_key.clone(),
+            device: device.clone(),
+            node: node.id.clone(),
+            since: now_ms(),
+            meta,
+        };
+        self.generation = node.attach_session(entry.clone()).await;
+        self.entry = Some(entry);
+        let memberships = match node.store.memberships(&self.user_key).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "loading memberships failed");
+                return Err(End::Close(CloseCode::Unavailable));
+            }
+        };
+        let frame = ServerFrame::Welcome {
+            v: PROTOCOL_VERSION,
+            session: self.session.clone(),
+            user: self.ident.user.clone(),
+            tenant: self.ident.tenant.clone(),
+            device,
+            node: node.id.clone(),
+            resume_token: node.auth.resume_token(&self.session, &self.ident),
+            resume_ttl_ms: node.cfg.resume_ttl_ms,
+            heartbeat_ms: node.cfg.heartbeat_ms,
+            idle_timeout_ms: node.cfg.idle_timeout_ms,
+            limits: node.cfg.limits(),
+            rooms: memberships
+                .iter()
+                .map(|m| RoomState {
+                    room: crate::auth::public_name(&m.room).to_owned(),
+                    tip: m.tip,
+                    last_read: m.last_read,
+                    last_delivered: m.last_delivered,
+                    unread: m.unread(),
+                })
+                .collect(),
+            resumed,
+        };
+        self.write(&frame).await?;
+        if resumed && let Some(r) = resume {
+            for (room, since) in r.rooms {
+                self.request(ClientFrame::Join {
+                    id: None,
+                    room,
+                    since: Some(since),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_inbound(&mut self, inbound: Option<Result<WsMessage, axum::Error>>) -> Step {
+        let msg = match inbound {
+            None => return Err(End::Gone),
+            Some(Err(e)) => {
+                return Err(match classify(&e) {
+                    Some(code) => End::Close(code),
+                    None => End::Gone,
+                });
+            }
+            Some(Ok(m)) => m,
+        };
+        self.last_seen = Instant::now();
+        metrics::counter!("chorus_frames_in_total").increment(1);
+        if self.frames.take().is_err() {
+            return Err(End::Close(CloseCode::Flood));
+        }
+        match msg {
+            WsMessage::Text(t) => match ClientFrame::decode(t.as_str()) {
+                Ok(frame) => self.request(frame).await,
+                Err(e) => {
+                    self.write(&ServerFrame::Error {
+                        id: e.id,
+                        request: e.op,
+                        code: e.code,
+                        message: e.message,
+                        retryable: false,
+                        retry_after_ms: None,
+                        cid: None,
+                        room: None,
+                    })
+                    .await
+                }
+            },
+            WsMessage::Binary(_) => Err(End::Close(CloseCode::ProtocolViolation)),
+            WsMessage::Close(_) => Err(End::Gone),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+        }
+    }
+
+    /// Dispatch one decoded request; failures become `error` frames.
+    async fn request(&mut self, frame: ClientFrame) -> Step {
+        let id = frame.id();
+        let op = frame.op();
+        let (room, cid) = match &frame {
+            ClientFrame::Send { room, cid, .. } => (Some(room.clone()), Some(cid.clone())),
+            ClientFrame::Join { room, .. }
+            | ClientFrame::Leave { room, .. }
+            | ClientFrame::History { room, .. }
+            | ClientFrame::Read { room, .. }
+            | ClientFrame::Delivered { room, .. }
+            | ClientFrame::Typing { room, .. }
+            | ClientFrame::Presence { room, .. } => (Some(room.clone()), None),
+            _ => (None, None),
+        };
+        let result = match frame {
+            ClientFrame::Hello { .. } => Err(Fail::new(
+                ErrorCode::InvalidState,
+                "hello was already accepted",
+            )),
+            ClientFrame::Join { id, room, since } => self.join(id, room, since).await,
+            ClientFrame::Leave {
+                id,
+                room,
+                keep_membership,
+            } => self.leave(id, room, keep_membership).await,
+            ClientFrame::Send {
+                id,
+                room,
+                cid,
+                body,
+                meta,
+            } => self.send(id, room, cid, body, meta),
+            ClientFrame::History {
+                id,
+                room,
+                before,
+                after,
+                limit,
+            } => self.history(id, room, before, after, limit).await,
+            ClientFrame::Read { room, seq, .. } => self.mark(room, Position::Read, seq).await,
+            ClientFrame::Delivered { room, seq, .. } => {
+                self.mark(room, Position::Delivered, seq).await
+            }
+            ClientFrame::Typing { room, active } => self.typing(room, active).await,
+            ClientFrame::Presence { id, room } => self.presence(id, room).await,
+            ClientFrame::Ping { id } => return self.write(&ServerFrame::Pong { id }).await,
+            ClientFrame::Pong {} => Ok(()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Fail {
+                code,
+                message,
+                retry_after_ms,
+            }) => {
+                if code == ErrorCode::RateLimited {
+                    metrics::counter!("chorus_rate_limited_total").increment(1);
+                }
+                self.write(&ServerFrame::Error {
+                    id,
+                    request: Some(op.to_owned()),
+                    code,
+                    message,
+                    retryable: code.retryable(),
+                    retry_after_ms,
+                    cid,
+                    room,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Room name and ACL checks; the room's key.
+    fn check_room(&self, room: &str) -> Result<String, Fail> {
+        if !valid_room(room) {
+            return Err(Fail::new(
+                ErrorCode::InvalidRoom,
+                "room names are 1-128 chars of A-Z a-z 0-9 _ - . : @ #",
+            ));
+        }
+        if !self.ident.allows(room) {
+            return Err(Fail::new(
+                ErrorCode::Forbidden,
+                format!("not allowed in room '{room}'"),
+            ));
+        }
+        Ok(self.ident.room_key(room))
+    }
+
+    /// The key of a room this connection has joined.
+    fn joined_key(&self, room: &str) -> Result<Arc<str>, Fail> {
+        let key = self.ident.room_key(room);
+        self.rooms
+            .get_key_value(key.as_str())
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| Fail::new(ErrorCode::NotJoined, format!("join '{room}' first")))
+    }
+
+    async fn join(
+        &mut self,
+        id: Option<u64>,
+        room: String,
+        since: Option<u64>,
+    ) -> Result<(), Fail> {
+        let key = self.check_room(&room)?;
+        let already = self.rooms.contains_key(key.as_str());
+        if !already && self.rooms.len() as u64 >= self.node.cfg.max_rooms {
+            return Err(Fail::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {} rooms per connection", self.node.cfg.max_rooms),
+            ));
+        }
+        let node = self.node.clone();
+        let membership = node
+            .store
+            .join(&key, &self.user_key, now_ms())
+            .await
+            .map_err(store_fail)?;
+        // Subscribe before reading the tip: every message committed after this
+        // point reaches the queue, every one before it is at or below the tip.
+        let key: Arc<str> = if already {
+            self.rooms
+                .get_key_value(key.as_str())
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(key))
+        } else {
+            let (key, first) = node.hub.subscribe(&key, self.handle.clone());
+            if first && let Err(e) = node.broker.subscribe(&key).await {
+                warn!(room = %key, error = %e, "subscribe failed");
+            }
+            self.rooms.insert(
+                key.clone(),
+                Joined {
+                    public: room.clone(),
+                    last_seq: 0,
+                    last_typing: None,
+                },
+            );
+            key
+        };
+        let tip = match node.store.tips(&[key.to_string()]).await {
+            Ok(t) => t.first().copied().unwrap_or(0),
+            Err(e) => {
+                if !already {
+                    self.drop_room(&key).await;
+                }
+                return Err(store_fail(e));
+            }
+        };
+        let mut recovered = true;
+        let mut replayed = 0;
+        let start = match since {
+            Some(s) if tip.saturating_sub(s) > node.cfg.max_replay => {
+                recovered = false;
+                tip
+            }
+            Some(s) => s.min(tip),
+            None if already => self.rooms.get(&key).map(|j| j.last_seq).unwrap_or(tip),
+            None => tip,
+        };
+        if let Some(j) = self.rooms.get_mut(&key) {
+            j.last_seq = start;
+        }
+        if start < tip {
+            match self.replay(&key, tip).await {
+                Ok((n, complete)) => {
+                    replayed = n;
+                    recovered &= complete;
+                }
+                Err(ReplayError::Store(e)) => return Err(store_fail(e)),
+                Err(ReplayError::Socket) => return Ok(()),
+            }
+        }
+        if let Some(entry) = self.entry.clone() {
+            node.presence_join(&key, &self.session, &entry, self.handle.id)
+                .await;
+        }
+        let presence = node.presence.room(&key).await.unwrap_or_default();
+        let frame = ServerFrame::Joined {
+            id,
+            room,
+            tip: self
+                .rooms
+                .get(&key)
+                .map(|j| j.last_seq.max(tip))
+                .unwrap_or(tip),
+            last_read: membership.last_read,
+            recovered,
+            replayed,
+            presence,
+        };
+        self.write(&frame)
+            .await
+            .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+    }
+
+    /// Write history from the room's cursor up to `upto` (inclusive). Returns how
+    /// many were written and whether the range was complete (no trimmed hole).
+    async fn replay(&mut self, key: &Arc<str>, upto: u64) -> Result<(u64, bool), ReplayError> {
+        let mut written = 0;
+        let mut complete = true;
+        loop {
+            let Some(after) = self.rooms.get(key).map(|j| j.last_seq) else {
+                return Ok((written, complete));
+            };
+            if after >= upto {
+                return Ok((written, complete));
+            }
+            let page = self
+                .node
+                .store
+                .read(
+                    key,
+                    ReadRange::After {
+                        after,
+                        limit: REPLAY_PAGE,
+                    },
+                )
+                .await
+                .map_err(ReplayError::Store)?;
+            if page.is_empty() {
+                // Trimmed by retention (or not yet visible): report and move on.
+                complete = false;
+                if let Some(j) = self.rooms.get_mut(key) {
+                    j.last_seq = upto;
+                }
+                return Ok((written, complete));
+            }
+            let public = self
+                .rooms
+                .get(key)
+                .map(|j| j.public.clone())
+                .unwrap_or_default();
+            for m in page {
+                if m.seq > upto {
+                    break;
+                }
+                let expected = self.rooms.get(key).map(|j| j.last_seq + 1).unwrap_or(m.seq);
+                if m.seq != expected {
+                    complete = false;
+                }
+                let text = ServerFrame::Msg(to_message(&public, m.clone())).encode();
+                if self
+                    .ws
+                    .feed(WsMessage::Text(Utf8Bytes::from(text)))
+                    .await
+                    .is_err()
+                {
+                    return Err(ReplayError::Socket);
+                }
+                written += 1;
+                if let Some(j) = self.rooms.get_mut(key) {
+                    j.last_seq = m.seq;
+                }
+            }
+            if self.flush().await.is_err() {
+                return Err(ReplayError::Socket);
+            }
+        }
+    }
+
+    /// Forget a room locally (hub, broker subscription, cursor).
+    async fn drop_room(&mut self, key: &Arc<str>) {
+        self.rooms.remove(key);
+        if self.node.hub.unsubscribe(key, self.handle.id)
+            && let Err(e) = self.node.broker.unsubscribe(key).await
+        {
+            warn!(room = %key, error = %e, "unsubscribe failed");
+        }
+    }
+
+    async fn leave(
+        &mut self,
+        id: Option<u64>,
+        room: String,
+        keep_membership: bool,
+    ) -> Result<(), Fail> {
+        let key = self.check_room(&room)?;
+        if let Some((k, _)) = self.rooms.get_key_value(key.as_str()) {
+            let k = k.clone();
+            self.drop_room(&k).await;
+            self.node
+                .presence_leave(&k, &self.session, &self.ident.user)
+                .await;
+        }
+        if !keep_membership {
+            self.node
+                .store
+                .leave(&key, &self.user_key)
+                .await
+                .map_err(store_fail)?;
+        }
+        self.write(&ServerFrame::Left { id, room })
+            .await
+            .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+    }
+
+    fn send(
+        &mut self,
+        id: Option<u64>,
+        room: String,
+        cid: String,
+        body: Json,
+        meta: Option<Json>,
+    ) -> Result<(), Fail> {
+        let key = self.joined_key(&room)?;
+        if cid.is_empty() || cid.len() > MAX_CID {
+            return Err(Fail::new(
+                ErrorCode::BadRequest,
+                "cid must be 1-128 characters",
+            ));
+        }
+        let size = body.get().len() + meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
+        if size as u64 > self.node.cfg.max_message_bytes {
+            return Err(Fail::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "body+meta is {size} bytes; the limit is {}",
+                    self.node.cfg.max_message_bytes
+                ),
+            ));
+        }
+        if let Err(wait) = self.sends.take() {
+            return Err(Fail {
+                code: ErrorCode::RateLimited,
+                message: format!("at most {} sends per second", self.node.cfg.sends_per_sec),
+                retry_after_ms: Some(wait.as_millis() as u64 + 1),
+            });
+        }
+        let req = SendRequest {
+            room: key.to_string(),
+            sender: self.ident.user.clone(),
+            cid: cid.clone(),
+            body,
+            meta,
+        };
+        let rx = self.node.sequencer.enqueue(req).map_err(send_fail)?;
+        let timeout = self.node.cfg.send_timeout();
+        self.pending.push(Box::pin(async move {
+            (id, room, cid, await_ack(rx, timeout).await)
+        }));
+        Ok(())
+    }
+
+    async fn on_ack(
+        &mut self,
+        (id, room, cid, result): (Option<u64>, String, String, Result<Acked, SendError>),
+    ) -> Step {
+        match result {
+            Ok(a) => {
+                self.write(&ServerFrame::Ack {
+                    id,
+                    room,
+                    cid,
+                    seq: a.seq,
+                    msg_id: a.id,
+                    ts: a.ts,
+                    duplicate: a.duplicate,
+                })
+                .await
+            }
+            Err(e) => {
+                let code = e.code();
+                self.write(&ServerFrame::Error {
+                    id,
+                    request: Some("send".into()),
+                    code,
+                    message: e.to_string(),
+                    retryable: code.retryable(),
+                    retry_after_ms: Some(100),
+                    cid: Some(cid),
+                    room: Some(room),
+                })
+                .await
+            }
+        }
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        room: String,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(), Fail> {
+        let key = self.check_room(&room)?;
+        let (messages, has_more) = read_page(
+            &*self.node.store,
+            &key,
+            before,
+            after,
+            limit,
+            self.node.cfg.max_history_page,
+        )
+        .await
+        .map_err(store_fail)?;
+        let messages = messages.into_iter().map(|m| to_message(&room, m)).collect();
+        self.write(&ServerFrame::History {
+            id,
+            room,
+            messages,
+            has_more,
+        })
+        .await
+        .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+    }
+
+    async fn mark(&mut self, room: String, position: Position, seq: u64) -> Result<(), Fail> {
+        let key = self.joined_key(&room)?;
+        self.node
+            .mark(&key, &self.ident.user, &self.user_key, position, seq)
+            .await
+            .map_err(store_fail)
+    }
+
+    async fn typing(&mut self, room: String, active: bool) -> Result<(), Fail> {
+        let key = self.joined_key(&room)?;
+        let interval = Duration::from_millis(self.node.cfg.typing_interval_ms);
+        let Some(j) = self.rooms.get_mut(&key) else {
+            return Ok(());
+        };
+        // Starts are rate-limited (excess dropped silently: typing is ephemeral);
+        // a stop always goes through so indicators clear promptly.
+        if active && j.last_typing.is_some_and(|t| t.elapsed() < interval) {
+            return Ok(());
+        }
+        j.last_typing = if active { Some(Instant::now()) } else { None };
+        let device = self
+            .entry
+            .as_ref()
+            .map(|e| e.device.clone())
+            .unwrap_or_default();
+        let frame = ServerFrame::Typing {
+            room,
+            user: self.ident.user.clone(),
+            device,
+            active,
+        };
+        self.node
+            .broadcast(&key, &frame, Some(self.handle.id))
+            .await;
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<u64>, room: String) -> Result<(), Fail> {
+        let key = self.joined_key(&room)?;
+        let users = self
+            .node
+            .presence
+            .room(&key)
+            .await
+            .map_err(|e| Fail::new(ErrorCode::Unavailable, e.to_string()))?;
+        self.write(&ServerFrame::Presence { id, room, users })
+            .await
+            .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+    }
+
+    /// Write queued frames: this one and whatever else is queued, one flush.
+    async fn on_outbound(&mut self, first: Outbound) -> Step {
+        self.feed_outbound(first).await?;
+        for _ in 1..WRITE_BATCH {
+            match self.rx.try_recv() {
+                Ok(o) => self.feed_outbound(o).await?,
+                Err(_) => break,
+            }
+        }
+        self.flush().await
+    }
+
+    async fn feed_outbound(&mut self, out: Outbound) -> Step {
+        match out {
+            Outbound::Frame(f) => self.feed(f).await,
+            Outbound::Msg { room, seq, frame } => {
+                let Some(last) = self.rooms.get(&room).map(|j| j.last_seq) else {
+                    return Ok(()); // left the room meanwhile
+                };
+                if seq <= last {
+                    return Ok(()); // already written (replay overlap)
+                }
+                if seq > last + 1 {
+                    metrics::counter!("chorus_gap_fills_total").increment(1);
+                    match self.replay(&room, seq - 1).await {
+                        Ok(_) => {}
+                        Err(ReplayError::Socket) => return Err(End::Gone),
+                        Err(ReplayError::Store(e)) => {
+                            warn!(room = %room, error = %e, "gap fill failed");
+                            return Err(End::Close(CloseCode::Unavailable));
+                        }
+                    }
+                }
+                if let Some(j) = self.rooms.get_mut(&room) {
+                    j.last_seq = seq;
+                }
+                self.feed(frame).await
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Step {
+        if self.last_seen.elapsed() > self.node.cfg.idle_timeout() {
+            return Err(End::Close(CloseCode::HeartbeatTimeout));
+        }
+        self.write(&ServerFrame::Ping {}).await
+    }
+
+    /// Shutdown: stop reading, let sends in flight finish (ack them), then ask
+    /// the client to reconnect elsewhere and close with 4000.
+    async fn drain(&mut self) -> End {
+        let deadline = tokio::time::Instant::now() + self.node.cfg.send_timeout();
+        while !self.pending.is_empty() {
+            match tokio::time::timeout_at(deadline, self.pending.next()).await {
+                Ok(Some(done)) => {
+                    if self.on_ack(done).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                _ => break,
+            }
+        }
+        while let Ok(o) = self.rx.try_recv() {
+            if self.feed_outbound(o).await.is_err() {
+                return End::Gone;
+            }
+        }
+        let hint = ServerFrame::Reconnect {
+            reason: "shutdown".into(),
+            retry_after_ms: 500,
+        };
+        if self.write(&hint).await.is_err() {
+            return End::Gone;
+        }
+        End::Close(CloseCode::Shutdown)
+    }
+
+    /// After the loop: close, leave the hub, start the presence grace.
+    async fn finish(&mut self, end: End) {
+        if let End::Close(code) = end {
+            close(&mut self.ws, code, None).await;
+        }
+        let keys: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for key in &keys {
+            self.drop_room(key).await;
+        }
+        if let Some(entry) = self.entry.take() {
+            self.node.detach_session(
+                self.session.clone(),
+                self.generation,
+                keys.iter().map(|k| k.to_string()).collect(),
+                entry.user,
+            );
+        }
+    }
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> Step {
+        metrics::counter!("chorus_frames_out_total").increment(1);
+        self.ws
+            .feed(WsMessage::Text(frame))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    /// Flush, bounded by the write timeout: a client that does not read is slow.
+    async fn flush(&mut self) -> Step {
+        match tokio::time::timeout(self.node.cfg.write_timeout(), self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(CloseCode::SlowConsumer)),
+        }
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Step {
+        self.feed(Utf8Bytes::from(frame.encode())).await?;
+        self.flush().await
+    }
+}
+
+enum ReplayError {
+    Store(chorus_history::StoreError),
+    Socket,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn store_fail(e: chorus_history::StoreError) -> Fail {
+    match e {
+        chorus_history::StoreError::Unavailable(m) => Fail::new(ErrorCode::Unavailable, m),
+        chorus_history::StoreError::Internal(m) => {
+            warn!(error = %m, "store error");
+            Fail::new(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+fn send_fail(e: SendError) -> Fail {
+    Fail {
+        code: e.code(),
+        message: e.to_string(),
+        retry_after_ms: Some(100),
+    }
+}
+
+/// A stored message as a protocol message named by its public room.
+pub fn to_message(room: &str, m: StoredMessage) -> Message {
+    Message {
+        room: room.to_owned(),
+        seq: m.seq,
+        id: m.id,
+        sender: m.sender,
+        cid: Some(m.cid),
+        // Stored bodies were valid JSON when written; keep the connection alive
+        // even if a row was edited by hand.
+        body: Json::from_text(m.body)
+            .unwrap_or_else(|_| Json::from_value(&serde_json::Value::Null)),
+        meta: m.meta.and_then(|t| Json::from_text(t).ok()),
+        ts: m.ts,
+    }
+}
+
+/// One history page: `after` ascending, `before` the newest below it, neither
+/// the newest of the room. Returns the messages ascending and whether more exist
+/// in the paging direction.
+pub async fn read_page(
+    store: &dyn chorus_history::HistoryStore,
+    key: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+    max: u64,
+) -> Result<(Vec<StoredMessage>, bool), chorus_history::StoreError> {
+    let limit = limit
+        .unwrap_or(50)
+        .clamp(1, max.min(u32::MAX as u64 - 1) as u32);
+    let range = match (after, before) {
+        (Some(after), _) => ReadRange::After {
+            after,
+            limit: limit + 1,
+        },
+        (None, Some(before)) => ReadRange::Before {
+            before,
+            limit: limit + 1,
+        },
+        (None, None) => ReadRange::Before {
+            before: u64::MAX,
+            limit: limit + 1,
+        },
+    };
+    let mut messages = store.read(key, range).await?;
+    let has_more = messages.len() > limit as usize;
+    if has_more {
+        match range {
+            ReadRange::After { .. } => {
+                messages.truncate(limit as usize);
+            }
+            ReadRange::Before { .. } => {
+                messages.remove(0);
+            }
+        }
+    }
+    if let (Some(after), Some(before)) = (after, before) {
+        messages.retain(|m| m.seq > after && m.seq < before);
+    }
+    Ok((messages, has_more))
+}

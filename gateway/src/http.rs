@@ -1,0 +1,444 @@
+//! HTTP on the WebSocket's port: the upgrade at `/ws`, the JSON API under
+//! `/v1`, health, readiness, metrics and the demo page.
+//!
+//! Errors at this edge: bad input maps to 4xx without logging; internal faults
+//! to a generic 5xx with the cause logged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as AxumJson, Router};
+use chorus_history::StoreError;
+use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_room};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use crate::auth::{namespaced, valid_tenant, valid_user};
+use crate::connection::{UpgradeAuth, read_page, serve, to_message};
+use crate::node::Node;
+use crate::sequencer::{SendError, SendRequest};
+
+const INDEX_HTML: &str = include_str!("../static/index.html");
+
+/// The whole HTTP surface.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/rooms/{room}/presence", get(room_presence))
+        .route("/v1/users/{user}/presence", get(user_presence))
+        .route("/v1/presence/query", post(presence_query))
+        .route(
+            "/v1/rooms/{room}/messages",
+            get(get_messages).post(post_message),
+        )
+        .with_state(node)
+}
+
+/// An API error: status, stable code, message.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = AxumJson(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut resp = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(m) => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
+                e.retry_after = Some(1);
+                e
+            }
+            StoreError::Internal(m) => {
+                warn!(error = %m, "store error in HTTP API");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+#[derive(Deserialize, Default)]
+struct WsQuery {
+    access_token: Option<String>,
+    user: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if node.is_draining() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining; reconnect elsewhere",
+        )
+        .into_response();
+    }
+    if !node.cfg.allowed_origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !node.cfg.allowed_origins.iter().any(|a| a == origin)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "origin not allowed",
+        )
+        .into_response();
+    }
+    let creds = UpgradeAuth {
+        token: bearer(&headers).or(q.access_token),
+        dev_user: q.user,
+    };
+    let max = node.cfg.max_frame_bytes as usize;
+    // Small buffers: most connections are idle most of the time, and tungstenite
+    // would otherwise allocate a large read buffer for each.
+    let ws = ws
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.max(1 << 20) * 4)
+        .max_message_size(max)
+        .max_frame_size(max);
+    ws.on_upgrade(move |socket| serve(node, socket, creds))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match node.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    metrics::gauge!("chorus_rooms_local").set(node.hub.room_count() as f64);
+    metrics::gauge!("chorus_writer_queue_depth").set(node.sequencer.queued() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// The API key check. With no key configured the API is open only in dev mode.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = bearer(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    if node.cfg.api_keys.is_empty() {
+        if node.auth.dev() {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no API key is configured on this node",
+        ));
+    }
+    match given {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing API key",
+        )),
+        Some(k)
+            if node
+                .cfg
+                .api_keys
+                .iter()
+                .any(|a| constant_time_eq(a.as_bytes(), k.as_bytes())) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "invalid API key",
+        )),
+    }
+}
+
+/// Compare without an early exit, so response timing does not reveal a key prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize, Default)]
+struct TenantQuery {
+    tenant: Option<String>,
+}
+
+impl TenantQuery {
+    fn tenant(&self) -> Result<Option<&str>, ApiError> {
+        match self.tenant.as_deref() {
+            Some(t) if !valid_tenant(t) => Err(ApiError::bad_request("invalid tenant")),
+            t => Ok(t),
+        }
+    }
+}
+
+fn room_key(room: &str, q: &TenantQuery) -> Result<String, ApiError> {
+    if !valid_room(room) {
+        return Err(ApiError::bad_request(
+            "room names are 1-128 chars of A-Z a-z 0-9 _ - . : @ #",
+        ));
+    }
+    Ok(namespaced(q.tenant()?, room))
+}
+
+fn user_key(user: &str, q: &TenantQuery) -> Result<String, ApiError> {
+    if !valid_user(user) {
+        return Err(ApiError::bad_request(
+            "user ids are 1-128 chars of A-Z a-z 0-9 _ - . @",
+        ));
+    }
+    Ok(namespaced(q.tenant()?, user))
+}
+
+fn presence_fail(e: crate::presence::PresenceError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+async fn room_presence(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    Query(q): Query<TenantQuery>,
+    headers: HeaderMap,
+) -> Result<AxumJson<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let key = room_key(&room, &q)?;
+    let users: Vec<PresenceUser> = node.presence.room(&key).await.map_err(presence_fail)?;
+    Ok(AxumJson(
+        json!({"room": room, "count": users.len(), "users": users}),
+    ))
+}
+
+async fn user_json(node: &Node, user: &str, key: &str) -> Result<serde_json::Value, ApiError> {
+    let devices = node.presence.user(key).await.map_err(presence_fail)?;
+    let devices: Vec<serde_json::Value> = devices
+        .into_iter()
+        .map(|d| {
+            let rooms: Vec<&str> = d.rooms.iter().map(|r| crate::auth::public_name(r)).collect();
+            json!({"device": d.info.device, "node": d.info.node, "since": d.info.since, "meta": d.info.meta, "rooms": rooms})
+        })
+        .collect();
+    Ok(json!({"user": user, "online": !devices.is_empty(), "devices": devices}))
+}
+
+async fn user_presence(
+    State(node): State<Arc<Node>>,
+    Path(user): Path<String>,
+    Query(q): Query<TenantQuery>,
+    headers: HeaderMap,
+) -> Result<AxumJson<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let key = user_key(&user, &q)?;
+    Ok(AxumJson(user_json(&node, &user, &key).await?))
+}
+
+#[derive(Deserialize)]
+struct PresenceQueryBody {
+    users: Vec<String>,
+}
+
+/// Most users in one presence query.
+const MAX_QUERY_USERS: usize = 1000;
+
+async fn presence_query(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<TenantQuery>,
+    headers: HeaderMap,
+    body: Result<AxumJson<PresenceQueryBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<AxumJson<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let AxumJson(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if body.users.len() > MAX_QUERY_USERS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_QUERY_USERS} users per query"
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for user in &body.users {
+        let key = user_key(user, &q)?;
+        let mut v = user_json(&node, user, &key).await?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("user");
+        }
+        out.insert(user.clone(), v);
+    }
+    Ok(AxumJson(json!({"users": out})))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u32>,
+    tenant: Option<String>,
+}
+
+async fn get_messages(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<AxumJson<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let key = room_key(
+        &room,
+        &TenantQuery {
+            tenant: q.tenant.clone(),
+        },
+    )?;
+    let (messages, has_more) = read_page(
+        &*node.store,
+        &key,
+        q.before,
+        q.after,
+        q.limit,
+        node.cfg.max_history_page,
+    )
+    .await?;
+    let messages: Vec<Message> = messages.into_iter().map(|m| to_message(&room, m)).collect();
+    Ok(AxumJson(
+        json!({"room": room, "messages": messages, "has_more": has_more}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    sender: String,
+    cid: Option<String>,
+    body: Json,
+    meta: Option<Json>,
+}
+
+async fn post_message(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    Query(q): Query<TenantQuery>,
+    headers: HeaderMap,
+    body: Result<AxumJson<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<AxumJson<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let key = room_key(&room, &q)?;
+    let AxumJson(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !valid_user(&p.sender) {
+        return Err(ApiError::bad_request("sender must be a valid user id"));
+    }
+    let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if cid.is_empty() || cid.len() > 128 {
+        return Err(ApiError::bad_request("cid must be 1-128 characters"));
+    }
+    let size = p.body.get().len() + p.meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
+    if size as u64 > node.cfg.max_message_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            "body+meta too large",
+        ));
+    }
+    if node.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining",
+        ));
+    }
+    let req = SendRequest {
+        room: key,
+        sender: p.sender,
+        cid,
+        body: p.body,
+        meta: p.meta,
+    };
+    match node.sequencer.submit(req).await {
+        Ok(a) => Ok(AxumJson(
+            json!({"room": room, "seq": a.seq, "id": a.id, "ts": a.ts, "duplicate": a.duplicate}),
+        )),
+        Err(e @ (SendError::Unavailable(_) | SendError::NotOwner | SendError::Timeout)) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.code().as_str(),
+                e.to_string(),
+            );
+            err.retry_after = Some(1);
+            Err(err)
+        }
+        Err(SendError::Internal(m)) => {
+            warn!(error = %m, "publish failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The `chorus` binary: configuration, logging, serving, and the drain on
+//! SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use chorus_gateway::{Config, Node, http};
+use tracing::{error, info, warn};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cfg = match Config::from_args(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_tracing(&cfg);
+    if let Err(errs) = cfg.validate() {
+        for e in errs {
+            error!("configuration: {e}");
+        }
+        return ExitCode::from(2);
+    }
+    match run(cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("fatal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    chorus_gateway::metrics::install();
+    if cfg.dev_auth() {
+        warn!(
+            "DEV MODE: INSECURE AUTHENTICATION. Anyone can connect as any user with ?user=NAME. \
+             Set --jwt-secret or --jwt-public-key for real use."
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let node = Node::start(cfg).await?;
+    info!(node = %node.id, %addr, data_dir = %node.cfg.data_dir.display(), "chorus started");
+    // One stable line on stdout for people and for scripts that start the node.
+    println!(
+        "chorus listening on http://{addr}/ (open it in a browser; WebSocket at ws://{addr}/ws)"
+    );
+    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let drain_node = node.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            drain_node.drain().await;
+        })
+        .await?;
+    info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received"),
+        _ = term => info!("SIGTERM received"),
+    }
+}

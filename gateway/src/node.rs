@@ -1,0 +1,406 @@
+//! The node: everything one gateway process shares between its connections and
+//! its HTTP API, wired from the configuration, plus the drain on shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use chorus_history::{HistoryStore, Position, Retention, SqliteStore};
+use chorus_protocol::{Receipt, ServerFrame};
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::auth::{Auth, now_ms, public_name};
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::hub::{ConnId, Hub};
+use crate::presence::{MemoryPresence, Presence, PresenceEntry};
+use crate::sequencer::{Sequencer, SequencerConfig};
+
+/// Presence bookkeeping of one session, kept across its connections so a resume
+/// within the grace period causes no leave/join.
+#[derive(Debug, Default)]
+struct SessionSlot {
+    /// Bumped by every connection that attaches to the session.
+    generation: u64,
+    /// Rooms the newest connection of the session is in.
+    rooms: HashSet<String>,
+}
+
+/// Shared state of one gateway process.
+pub struct Node {
+    pub cfg: Config,
+    /// This node's id, in presence entries and logs.
+    pub id: String,
+    pub auth: Auth,
+    pub store: Arc<dyn HistoryStore>,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+    pub sequencer: Sequencer,
+    /// Session id -> presence slot (see `SessionSlot`).
+    sessions: DashMap<String, SessionSlot>,
+    /// User key -> open connections on this node.
+    user_conns: DashMap<String, u64>,
+    /// Room key -> user -> coalesced positions waiting for the next broadcast.
+    /// A std Mutex: touched briefly, never across `.await`.
+    receipts: Mutex<HashMap<String, HashMap<String, Receipt>>>,
+    next_conn: AtomicU64,
+    connections: AtomicU64,
+    draining: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Open the store, start the writer and the background tasks.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+        let store: Arc<dyn HistoryStore> =
+            Arc::new(SqliteStore::open(&cfg.data_dir.join("chorus.db")).await?);
+        Node::with_store(cfg, store)
+    }
+
+    /// Build a node around an opened store (embedded seams: memory broker and presence).
+    pub fn with_store(cfg: Config, store: Arc<dyn HistoryStore>) -> anyhow::Result<Arc<Node>> {
+        let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
+        let id = cfg
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let hub = Arc::new(Hub::default());
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (sequencer, writer_task) = Sequencer::spawn(
+            SequencerConfig {
+                batch_max: cfg.batch_max,
+                queue: cfg.writer_queue,
+                send_timeout: cfg.send_timeout(),
+                idle_room: Duration::from_secs(600),
+            },
+            store.clone(),
+            broker.clone(),
+            shutdown_rx,
+        );
+        let node = Arc::new(Node {
+            cfg,
+            id,
+            auth,
+            store,
+            hub,
+            broker,
+            presence,
+            sequencer,
+            sessions: DashMap::new(),
+            user_conns: DashMap::new(),
+            receipts: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            shutdown,
+            writer_task: Mutex::new(Some(writer_task)),
+        });
+        tokio::spawn(receipt_loop(node.clone()));
+        tokio::spawn(retention_loop(node.clone()));
+        Ok(node)
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Resolves when the node starts draining.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Open connections on this node.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Count a new connection of `user_key`; `false` if over the per-user or node limit.
+    pub fn admit(&self, user_key: &str) -> bool {
+        if self.connections() >= self.cfg.max_connections {
+            return false;
+        }
+        let mut n = self.user_conns.entry(user_key.to_owned()).or_insert(0);
+        if *n >= self.cfg.max_connections_per_user {
+            return false;
+        }
+        *n += 1;
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!("chorus_connections").set(self.connections() as f64);
+        true
+    }
+
+    /// Undo `admit`.
+    pub fn release(&self, user_key: &str) {
+        if let Some(mut n) = self.user_conns.get_mut(user_key) {
+            *n = n.saturating_sub(1);
+        }
+        self.user_conns.remove_if(user_key, |_, n| *n == 0);
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("chorus_connections").set(self.connections() as f64);
+    }
+
+    /// Attach a connection to a session (new or resumed); returns its generation.
+    pub async fn attach_session(&self, entry: PresenceEntry) -> u64 {
+        let generation = {
+            let mut slot = self.sessions.entry(entry.session.clone()).or_default();
+            slot.generation += 1;
+            slot.rooms.clear();
+            slot.generation
+        };
+        if let Err(e) = self.presence.connect(entry).await {
+            warn!(error = %e, "presence connect failed");
+        }
+        generation
+    }
+
+    /// A connection of `session` entered a room: presence join, diff if the user
+    /// came online in it.
+    pub async fn presence_join(
+        &self,
+        room: &str,
+        session: &str,
+        entry: &PresenceEntry,
+        conn: ConnId,
+    ) {
+        if let Some(mut slot) = self.sessions.get_mut(session) {
+            slot.rooms.insert(room.to_owned());
+        }
+        match self.presence.join(room, session).await {
+            Ok(true) => {
+                let frame = ServerFrame::PresenceDiff {
+                    room: public_name(room).to_owned(),
+                    joined: vec![chorus_protocol::PresenceUser {
+                        user: entry.user.clone(),
+                        devices: vec![entry.device_info()],
+                    }],
+                    left: vec![],
+                };
+                self.broadcast(room, &frame, Some(conn)).await;
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "presence join failed"),
+        }
+    }
+
+    /// A connection of `session` left a room explicitly: immediate presence leave.
+    pub async fn presence_leave(&self, room: &str, session: &str, user: &str) {
+        if let Some(mut slot) = self.sessions.get_mut(session) {
+            slot.rooms.remove(room);
+        }
+        match self.presence.leave(room, session).await {
+            Ok(true) => self.broadcast_left(room, user).await,
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "presence leave failed"),
+        }
+    }
+
+    async fn broadcast_left(&self, room: &str, user: &str) {
+        let frame = ServerFrame::PresenceDiff {
+            room: public_name(room).to_owned(),
+            joined: vec![],
+            left: vec![user.to_owned()],
+        };
+        self.broadcast(room, &frame, None).await;
+    }
+
+    /// A connection of a session ended. After the grace period, unless the session
+    /// was resumed, its presence goes; if it was resumed, only the rooms the new
+    /// connection did not re-join go.
+    pub fn detach_session(
+        self: &Arc<Self>,
+        session: String,
+        generation: u64,
+        rooms: Vec<String>,
+        user: String,
+    ) {
+        let node = self.clone();
+        let grace = self.cfg.presence_grace();
+        tokio::spawn(async move {
+            let mut shutdown = node.shutdown_signal();
+            // A draining node still removes presence, without waiting out the grace.
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = crate::node::wait_true(&mut shutdown) => {}
+            }
+            let resumed_rooms = {
+                match node.sessions.get(&session) {
+                    Some(slot) if slot.generation != generation => Some(slot.rooms.clone()),
+                    _ => None,
+                }
+            };
+            match resumed_rooms {
+                None => {
+                    node.sessions
+                        .remove_if(&session, |_, s| s.generation == generation);
+                    match node.presence.disconnect(&session).await {
+                        Ok(offline) => {
+                            for room in offline {
+                                node.broadcast_left(&room, &user).await;
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "presence disconnect failed"),
+                    }
+                }
+                Some(current) => {
+                    for room in rooms.iter().filter(|r| !current.contains(*r)) {
+                        if let Ok(true) = node.presence.leave(room, &session).await {
+                            node.broadcast_left(room, &user).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Serialise a frame once and broadcast it to a room on every node.
+    pub async fn broadcast(&self, room: &str, frame: &ServerFrame, except: Option<ConnId>) {
+        let bytes = Utf8Bytes::from(frame.encode());
+        if let Err(e) = self.broker.broadcast(room, bytes, except).await {
+            warn!(%room, error = %e, "broadcast failed");
+        }
+    }
+
+    /// Persist a receipt position and queue it for the room's coalesced broadcast.
+    pub async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        user_key: &str,
+        position: Position,
+        seq: u64,
+    ) -> Result<(), chorus_history::StoreError> {
+        let Some(moved) = self.store.mark(room, user_key, position, seq).await? else {
+            return Ok(());
+        };
+        let mut pending = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
+        let r = pending
+            .entry(room.to_owned())
+            .or_default()
+            .entry(user.to_owned())
+            .or_insert_with(|| Receipt {
+                user: user.to_owned(),
+                read: None,
+                delivered: None,
+            });
+        match position {
+            Position::Read => {
+                r.read = Some(r.read.unwrap_or(0).max(moved));
+                r.delivered = Some(r.delivered.unwrap_or(0).max(moved));
+            }
+            Position::Delivered => r.delivered = Some(r.delivered.unwrap_or(0).max(moved)),
+        }
+        Ok(())
+    }
+
+    /// Begin the drain: refuse new connections and sends, tell clients to
+    /// reconnect elsewhere, flush the writer; returns when done or at the deadline.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        info!(connections = self.connections(), "draining");
+        let _ = self.shutdown.send(true);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms);
+        while self.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let task = self
+            .writer_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task
+            && tokio::time::timeout_at(deadline, task).await.is_err()
+        {
+            warn!("writer did not finish before the drain deadline");
+        }
+        self.flush_receipts().await;
+        info!(connections = self.connections(), "drained");
+    }
+
+    async fn flush_receipts(&self) {
+        let pending = std::mem::take(&mut *self.receipts.lock().unwrap_or_else(|e| e.into_inner()));
+        for (room, users) in pending {
+            let frame = ServerFrame::Receipt {
+                room: public_name(&room).to_owned(),
+                receipts: users.into_values().collect(),
+            };
+            self.broadcast(&room, &frame, None).await;
+        }
+    }
+
+    /// Retention policy from the configuration, if any.
+    fn retention(&self) -> Option<Retention> {
+        let r = Retention {
+            max_age_ms: (self.cfg.retention_max_age_secs > 0)
+                .then(|| self.cfg.retention_max_age_secs * 1000),
+            max_count: (self.cfg.retention_max_count > 0).then_some(self.cfg.retention_max_count),
+        };
+        (r.max_age_ms.is_some() || r.max_count.is_some()).then_some(r)
+    }
+
+    /// Run retention once now; returns the messages deleted.
+    pub async fn trim_now(&self) -> Result<u64, chorus_history::StoreError> {
+        match self.retention() {
+            Some(r) => self.store.trim(r, now_ms()).await,
+            None => Ok(0),
+        }
+    }
+}
+
+/// Resolves once the watched flag is true (or its sender is gone). The guard
+/// `wait_for` returns is dropped here, so callers' futures stay `Send`.
+pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+/// Broadcast coalesced receipts every `receipt_interval_ms`.
+async fn receipt_loop(node: Arc<Node>) {
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(node.cfg.receipt_interval_ms.max(1)));
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => node.flush_receipts().await,
+            _ = crate::node::wait_true(&mut shutdown) => break,
+        }
+    }
+}
+
+/// Trim history on an interval when a retention policy is configured.
+async fn retention_loop(node: Arc<Node>) {
+    if node.retention().is_none() {
+        return;
+    }
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(node.cfg.retention_interval_secs.max(1)));
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match node.trim_now().await {
+                Ok(n) if n > 0 => {
+                    metrics::counter!("chorus_retention_deleted_total").increment(n);
+                    info!(deleted = n, "retention trimmed history");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "retention failed"),
+            },
+            _ = crate::node::wait_true(&mut shutdown) => break,
+        }
+    }
+}

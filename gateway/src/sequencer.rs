@@ -1,0 +1,360 @@
+//! The room writer: sequences sends of the rooms this node owns, commits them in
+//! groups, publishes each committed batch once, then acks.
+//!
+//! One task owns every room's writer state (its fencing epoch): no lock, and a
+//! single commit in flight, so seqs are published in commit order. While a commit
+//! runs, new sends queue up and form the next group: batching grows with load
+//! and costs no latency when idle.
+//!
+//! Order per group: claim unknown rooms (bump the durable epoch) -> one
+//! transaction for every room's batch, epoch-checked per room -> publish each
+//! room's new messages (serialised once) -> ack every sender. A sender is acked
+//! only after its message is committed; a fenced room's senders get `not_owner`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
+use chorus_protocol::{ErrorCode, Json, Message, ServerFrame};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::auth::{now_ms, public_name};
+use crate::broker::Broker;
+
+/// A message to sequence.
+#[derive(Debug)]
+pub struct SendRequest {
+    /// Tenant-namespaced room key.
+    pub room: String,
+    /// Public user id of the sender (or the API publisher's name).
+    pub sender: String,
+    pub cid: String,
+    pub body: Json,
+    pub meta: Option<Json>,
+}
+
+/// A committed send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub seq: u64,
+    pub id: String,
+    pub ts: i64,
+    pub duplicate: bool,
+}
+
+/// Why a send was not acked. Every variant is safe to retry with the same cid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("history unavailable: {0}")]
+    Unavailable(String),
+    #[error("room writer changed; retry")]
+    NotOwner,
+    #[error("send not committed in time")]
+    Timeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SendError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SendError::Unavailable(_) => ErrorCode::Unavailable,
+            SendError::NotOwner => ErrorCode::NotOwner,
+            SendError::Timeout => ErrorCode::Timeout,
+            SendError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for SendError {
+    fn from(e: StoreError) -> SendError {
+        match e {
+            StoreError::Unavailable(m) => SendError::Unavailable(m),
+            StoreError::Internal(m) => SendError::Internal(m),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Acked, SendError>>;
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<(SendRequest, Reply)>,
+    timeout: Duration,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    /// Most messages per group commit.
+    pub batch_max: usize,
+    /// Pending sends before new ones are refused with `unavailable`.
+    pub queue: usize,
+    /// How long a submitter waits for its ack.
+    pub send_timeout: Duration,
+    /// Forget (and later re-claim) rooms idle this long, bounding the epoch map.
+    pub idle_room: Duration,
+}
+
+impl Sequencer {
+    /// Start the writer. It exits after `shutdown` flips to true and the queue is
+    /// drained (every queued send gets its ack or error), or when every handle is gone.
+    pub fn spawn(
+        cfg: SequencerConfig,
+        store: Arc<dyn HistoryStore>,
+        broker: Arc<dyn Broker>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Sequencer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        let writer = Writer {
+            cfg: cfg.clone(),
+            store,
+            broker,
+            rooms: HashMap::new(),
+        };
+        let task = tokio::spawn(writer.run(rx, shutdown));
+        (
+            Sequencer {
+                tx,
+                timeout: cfg.send_timeout,
+            },
+            task,
+        )
+    }
+
+    /// Queue one message without waiting. Calls in order are sequenced in order,
+    /// so a connection can pipeline its sends and keep their order.
+    pub fn enqueue(
+        &self,
+        req: SendRequest,
+    ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send((req, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                SendError::Unavailable("writer queue full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                SendError::Unavailable("node is draining".into())
+            }
+        })?;
+        Ok(rx)
+    }
+
+    /// Sequence one message and wait for its ack.
+    pub async fn submit(&self, req: SendRequest) -> Result<Acked, SendError> {
+        await_ack(self.enqueue(req)?, self.timeout).await
+    }
+
+    /// Sends waiting for the writer (a gauge for metrics).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Writer state of one owned room.
+/// Wait for a queued send's ack, at most `timeout`.
+pub async fn await_ack(
+    rx: oneshot::Receiver<Result<Acked, SendError>>,
+    timeout: Duration,
+) -> Result<Acked, SendError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(SendError::Unavailable("writer stopped".into())),
+        Err(_) => Err(SendError::Timeout),
+    }
+}
+
+struct Owned {
+    epoch: u64,
+    last_used: Instant,
+}
+
+struct Writer {
+    cfg: SequencerConfig,
+    store: Arc<dyn HistoryStore>,
+    broker: Arc<dyn Broker>,
+    /// Rooms this node is the fenced writer of.
+    rooms: HashMap<String, Owned>,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<(SendRequest, Reply)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut sweep = tokio::time::interval(self.cfg.idle_room.max(Duration::from_secs(1)));
+        let mut draining = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = shutdown.changed(), if !draining => {
+                    // Refuse new sends; the loop drains what is queued, then
+                    // `recv` returns None and the task ends.
+                    draining = true;
+                    rx.close();
+                    continue;
+                }
+                _ = sweep.tick() => {
+                    let idle = self.cfg.idle_room;
+                    self.rooms.retain(|_, o| o.last_used.elapsed() < idle);
+                    continue;
+                }
+            };
+            let mut group = vec![first];
+            while group.len() < self.cfg.batch_max {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group).await;
+        }
+        debug!("writer stopped");
+    }
+
+    async fn commit(&mut self, group: Vec<(SendRequest, Reply)>) {
+        let started = Instant::now();
+        metrics::histogram!("chorus_batch_size").record(group.len() as f64);
+        // Group by room, keeping each room's send order.
+        let mut order: Vec<String> = Vec::new();
+        let mut by_room: HashMap<String, Vec<(SendRequest, Reply)>> = HashMap::new();
+        for (req, reply) in group {
+            if !by_room.contains_key(&req.room) {
+                order.push(req.room.clone());
+            }
+            by_room
+                .entry(req.room.clone())
+                .or_default()
+                .push((req, reply));
+        }
+        let ts = now_ms();
+        let mut batches = Vec::with_capacity(order.len());
+        let mut waiting: Vec<(String, Vec<(SendRequest, Reply)>)> = Vec::with_capacity(order.len());
+        for room in order {
+            let reqs = by_room.remove(&room).unwrap_or_default();
+            let epoch = match self.epoch(&room).await {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(%room, error = %e, "claiming room failed");
+                    fail_all(reqs, SendError::from(e));
+                    continue;
+                }
+            };
+            batches.push(RoomBatch {
+                room: room.clone(),
+                epoch,
+                messages: reqs
+                    .iter()
+                    .map(|(r, _)| NewMessage {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        sender: r.sender.clone(),
+                        cid: r.cid.clone(),
+                        body: r.body.get().to_owned(),
+                        meta: r.meta.as_ref().map(|m| m.get().to_owned()),
+                        ts,
+                    })
+                    .collect(),
+            });
+            waiting.push((room, reqs));
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let outcomes = match self.store.append(&batches).await {
+            Ok(o) => o,
+            Err(e) => {
+                metrics::counter!("chorus_commit_errors_total").increment(1);
+                warn!(error = %e, "group commit failed");
+                let err = SendError::from(e);
+                for (_, reqs) in waiting {
+                    fail_all(reqs, err.clone());
+                }
+                return;
+            }
+        };
+        metrics::histogram!("chorus_commit_seconds").record(started.elapsed().as_secs_f64());
+        for (((room, reqs), batch), outcome) in waiting.into_iter().zip(&batches).zip(outcomes) {
+            match outcome {
+                RoomOutcome::Fenced { current_epoch } => {
+                    metrics::counter!("chorus_fenced_batches_total").increment(1);
+                    warn!(%room, current_epoch, "room writer fenced");
+                    self.rooms.remove(&room);
+                    fail_all(reqs, SendError::NotOwner);
+                }
+                RoomOutcome::Committed(appended) => {
+                    let public = public_name(&room);
+                    let frames: Vec<(u64, Utf8Bytes)> = appended
+                        .iter()
+                        .zip(&batch.messages)
+                        .zip(&reqs)
+                        .filter(|((a, _), _)| !a.duplicate)
+                        .map(|((a, m), (r, _))| {
+                            let frame = ServerFrame::Msg(Message {
+                                room: public.to_owned(),
+                                seq: a.seq,
+                                id: a.id.clone(),
+                                sender: m.sender.clone(),
+                                cid: Some(m.cid.clone()),
+                                body: r.body.clone(),
+                                meta: r.meta.clone(),
+                                ts: a.ts,
+                            });
+                            (a.seq, Utf8Bytes::from(frame.encode()))
+                        })
+                        .collect();
+                    if let Some(&(last, _)) = frames.last() {
+                        let first = frames[0].0;
+                        if let Err(e) = self.broker.publish(&room, first, last, frames).await {
+                            // Committed is what counts: receivers find the gap by seq
+                            // and fill it from history.
+                            warn!(%room, error = %e, "publish failed after commit");
+                        }
+                    }
+                    for (a, (_, reply)) in appended.into_iter().zip(reqs) {
+                        let _ = reply.send(Ok(Acked {
+                            seq: a.seq,
+                            id: a.id,
+                            ts: a.ts,
+                            duplicate: a.duplicate,
+                        }));
+                    }
+                }
+            }
+        }
+        metrics::histogram!("chorus_group_seconds").record(started.elapsed().as_secs_f64());
+    }
+
+    /// The epoch of a room this node writes, claiming it first if needed.
+    async fn epoch(&mut self, room: &str) -> Result<u64, StoreError> {
+        if let Some(o) = self.rooms.get_mut(room) {
+            o.last_used = Instant::now();
+            return Ok(o.epoch);
+        }
+        let claim = self.store.claim_room(room).await?;
+        metrics::counter!("chorus_room_claims_total").increment(1);
+        debug!(%room, epoch = claim.epoch, last_seq = claim.last_seq, "claimed room");
+        self.rooms.insert(
+            room.to_owned(),
+            Owned {
+                epoch: claim.epoch,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(claim.epoch)
+    }
+}
+
+fn fail_all(reqs: Vec<(SendRequest, Reply)>, err: SendError) {
+    for (_, reply) in reqs {
+        let _ = reply.send(Err(err.clone()));
+    }
+}

@@ -1,0 +1,772 @@
+//! Every frame of protocol v1 as serde types.
+//!
+//! Frames are JSON objects in WebSocket text frames, tagged by `op`. Unknown
+//! fields are ignored; an unknown `op` is answered with an `unknown_op` error.
+//! Requests may carry a numeric `id`, echoed on the reply and on any error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The WebSocket subprotocol naming that version.
+pub const SUBPROTOCOL: &str = "chorus.v1";
+
+/// An arbitrary JSON value kept as its raw text (message bodies and meta): the
+/// gateway stores and forwards it without re-encoding.
+#[derive(Clone)]
+pub struct Json(pub Box<RawValue>);
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Json {}
+
+impl Json {
+    /// Wrap raw JSON text, checking it is valid JSON.
+    pub fn from_text(text: impl Into<String>) -> Result<Json, serde_json::Error> {
+        RawValue::from_string(text.into()).map(Json)
+    }
+
+    /// Serialise any value.
+    pub fn from_value<T: Serialize>(value: &T) -> Json {
+        Json(serde_json::value::to_raw_value(value).expect("JSON values always serialise"))
+    }
+
+    /// The raw JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parse into a typed value.
+    pub fn parse<T: de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    // Through a `Value` because frames tagged by `op` are buffered by serde,
+    // and a `RawValue` cannot be read back from that buffer.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        serde_json::value::to_raw_value(&value)
+            .map(Json)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Resume data sent in `hello` after a disconnect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resume {
+    /// The `resume_token` of the previous session's `welcome`.
+    pub token: String,
+    /// The last seq the client has seen in each room it wants back.
+    #[serde(default)]
+    pub rooms: BTreeMap<String, u64>,
+}
+
+/// A frame from client to server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame of every connection: authenticate, optionally resume.
+    Hello {
+        /// Protocol version; 1.
+        #[serde(default = "default_version")]
+        v: u32,
+        /// JWT, when not given in the URL or `Authorization` header.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// A device name (e.g. "phone", "desktop"); defaults to "default".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Presence metadata shown to other members (small JSON object).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meta: Option<Json>,
+        /// Resume a previous session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    /// Join a room (and become a durable member); optionally replay after `since`.
+    Join {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        /// Replay every message with `seq > since` before live ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Stop receiving a room on this connection; without `keep_membership`,
+    /// also end the user's durable membership.
+    Leave {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        #[serde(default)]
+        keep_membership: bool,
+    },
+    /// Send a message to a joined room.
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        /// Client message id: unique per sender and room; retries reuse it.
+        cid: String,
+        body: Json,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meta: Option<Json>,
+    },
+    /// Page a room's history.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        /// Messages with `seq < before`, newest first page (returned ascending).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// Messages with `seq > after`, ascending.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Read receipt: the user has read up to `seq`.
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        seq: u64,
+    },
+    /// Delivery ack: this device has received up to `seq`.
+    Delivered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        seq: u64,
+    },
+    /// Typing indicator (ephemeral).
+    Typing {
+        room: String,
+        #[serde(default = "default_true")]
+        active: bool,
+    },
+    /// Ask for a room's presence snapshot.
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+    },
+    /// Client heartbeat; answered with `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Answer to a server `ping`.
+    Pong {},
+}
+
+fn default_version() -> u32 {
+    PROTOCOL_VERSION
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ClientFrame {
+    /// The `op` name.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello { .. } => "hello",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::History { .. } => "history",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Delivered { .. } => "delivered",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Presence { .. } => "presence",
+            ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Pong {} => "pong",
+        }
+    }
+
+    /// The request id, where the frame has one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Join { id, .. }
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Send { id, .. }
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Read { id, .. }
+            | ClientFrame::Delivered { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Ping { id } => *id,
+            ClientFrame::Hello { .. } | ClientFrame::Typing { .. } | ClientFrame::Pong {} => None,
+        }
+    }
+
+    /// Encode to JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("client frames always serialise")
+    }
+}
+
+/// Why a client frame could not be decoded; carries what could be read of it
+/// so the error frame can answer the right request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// `bad_request` or `unknown_op`.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The request id, if it could be read.
+    pub id: Option<u64>,
+    /// The op, if it could be read.
+    pub op: Option<String>,
+}
+
+/// Every field any client frame has, all optional: decoded in one pass
+/// without buffering, then checked per op.
+#[derive(Deserialize)]
+struct FlatFrame<'a> {
+    #[serde(borrow)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    id: Option<u64>,
+    v: Option<u32>,
+    token: Option<String>,
+    device: Option<String>,
+    meta: Option<Box<RawValue>>,
+    resume: Option<Resume>,
+    room: Option<String>,
+    since: Option<u64>,
+    keep_membership: Option<bool>,
+    cid: Option<String>,
+    body: Option<Box<RawValue>>,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+    seq: Option<u64>,
+    active: Option<bool>,
+}
+
+/// Only what is needed to answer a frame that failed to decode.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    id: Option<serde_json::Value>,
+}
+
+impl ClientFrame {
+    /// Decode a text frame, with an error fit for an `error` frame on failure.
+    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        let flat: FlatFrame<'_> = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let head: Option<Head<'_>> = serde_json::from_str(text).ok();
+                let (op, id) = match head {
+                    Some(h) => (h.op.map(|o| o.into_owned()), h.id.and_then(|v| v.as_u64())),
+                    None => (None, None),
+                };
+                return Err(DecodeError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("malformed frame: {e}"),
+                    id,
+                    op,
+                });
+            }
+        };
+        let id = flat.id;
+        let op = flat.op.as_deref().unwrap_or("").to_owned();
+        let missing = |field: &str| DecodeError {
+            code: ErrorCode::BadRequest,
+            message: format!("op '{op}' needs field '{field}'"),
+            id,
+            op: Some(op.clone()),
+        };
+        let frame = match op.as_str() {
+            "hello" => ClientFrame::Hello {
+                v: flat.v.unwrap_or(PROTOCOL_VERSION),
+                token: flat.token,
+                device: flat.device,
+                meta: flat.meta.map(Json),
+                resume: flat.resume,
+            },
+            "join" => ClientFrame::Join {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                since: flat.since,
+            },
+            "leave" => ClientFrame::Leave {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                keep_membership: flat.keep_membership.unwrap_or(false),
+            },
+            "send" => ClientFrame::Send {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                cid: flat.cid.ok_or_else(|| missing("cid"))?,
+                body: Json(flat.body.ok_or_else(|| missing("body"))?),
+                meta: flat.meta.map(Json),
+            },
+            "history" => ClientFrame::History {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                before: flat.before,
+                after: flat.after,
+                limit: flat.limit,
+            },
+            "read" => ClientFrame::Read {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                seq: flat.seq.ok_or_else(|| missing("seq"))?,
+            },
+            "delivered" => ClientFrame::Delivered {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                seq: flat.seq.ok_or_else(|| missing("seq"))?,
+            },
+            "typing" => ClientFrame::Typing {
+                room: flat.room.ok_or_else(|| missing("room"))?,
+                active: flat.active.unwrap_or(true),
+            },
+            "presence" => ClientFrame::Presence {
+                id,
+                room: flat.room.ok_or_else(|| missing("room"))?,
+            },
+            "ping" => ClientFrame::Ping { id },
+            "pong" => ClientFrame::Pong {},
+            "" => return Err(missing("op")),
+            other => {
+                return Err(DecodeError {
+                    code: ErrorCode::UnknownOp,
+                    message: format!("unknown op '{other}'"),
+                    id,
+                    op: Some(other.to_owned()),
+                });
+            }
+        };
+        Ok(frame)
+    }
+}
+
+/// One stored message, as delivered live (`msg`) and in history pages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub room: String,
+    /// Position in the room: 1, 2, 3, ... with no gap.
+    pub seq: u64,
+    /// Server-assigned unique id (UUID v7).
+    pub id: String,
+    /// The sending user (`sub` of their token), or the API publisher's name.
+    pub sender: String,
+    /// The sender's client message id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    pub body: Json,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Json>,
+    /// Commit time, Unix milliseconds.
+    pub ts: i64,
+}
+
+/// A room the user is a member of, as listed in `welcome`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomState {
+    pub room: String,
+    /// Highest seq in the room.
+    pub tip: u64,
+    /// The user's read position (any device).
+    pub last_read: u64,
+    /// The user's delivery position (any device).
+    pub last_delivered: u64,
+    /// `tip - last_read`.
+    pub unread: u64,
+}
+
+/// Limits the server enforces on this connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest inbound WebSocket frame, bytes; larger closes with 4504.
+    pub max_frame_bytes: u64,
+    /// Largest `body` + `meta` of a send, bytes; larger gets `message_too_large`.
+    pub max_message_bytes: u64,
+    /// Rooms one connection may have joined at once.
+    pub max_rooms: u64,
+    /// Sustained sends per second on one connection.
+    pub sends_per_sec: u64,
+    /// Burst of sends above the sustained rate.
+    pub send_burst: u64,
+    /// Largest history page.
+    pub max_history_page: u64,
+    /// Messages replayed on join/resume before `recovered: false` is reported.
+    pub max_replay: u64,
+}
+
+/// One device of a present user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceInfo {
+    pub device: String,
+    /// Node holding the connection.
+    pub node: String,
+    /// When the connection joined, Unix milliseconds.
+    pub since: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
+}
+
+/// A user present in a room, with their devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PresenceUser {
+    pub user: String,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// One user's positions, in a `receipt` frame.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+/// A frame from server to client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Reply to `hello`.
+    Welcome {
+        v: u32,
+        /// Session id (stable across resumes).
+        session: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        device: String,
+        node: String,
+        /// Present this in `hello.resume.token` to resume.
+        resume_token: String,
+        /// How long the resume token stays valid, ms.
+        resume_ttl_ms: u64,
+        /// The server sends `ping` this often; answer with `pong`.
+        heartbeat_ms: u64,
+        /// Close (4001) when nothing arrives for this long.
+        idle_timeout_ms: u64,
+        limits: Limits,
+        /// The user's durable memberships with tips and unread counts.
+        rooms: Vec<RoomState>,
+        /// Whether `hello.resume` was accepted (rooms are re-joined with replay).
+        resumed: bool,
+    },
+    /// Reply to `join` (also sent for each room re-joined by a resume).
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        /// Tip when the join completed (messages up to it were replayed if asked).
+        tip: u64,
+        last_read: u64,
+        /// False when more than `max_replay` messages were missed: the client
+        /// must page `history` for the rest; live delivery starts after `tip`.
+        recovered: bool,
+        /// How many messages were replayed before this frame.
+        replayed: u64,
+        presence: Vec<PresenceUser>,
+    },
+    /// Reply to `leave`.
+    Left {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+    },
+    /// Reply to `send`: the message is durably committed as `seq`.
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        cid: String,
+        seq: u64,
+        msg_id: String,
+        ts: i64,
+        /// True when this `cid` had been stored before (a retry).
+        duplicate: bool,
+    },
+    /// A room message.
+    Msg(Message),
+    /// Reply to `history`.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        messages: Vec<Message>,
+        has_more: bool,
+    },
+    /// Coalesced read/delivery positions of members.
+    Receipt {
+        room: String,
+        receipts: Vec<Receipt>,
+    },
+    /// Someone is typing (never persisted).
+    Typing {
+        room: String,
+        user: String,
+        device: String,
+        active: bool,
+    },
+    /// A room's presence snapshot (reply to `presence`).
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        users: Vec<PresenceUser>,
+    },
+    /// Users who came online in / went offline from a room.
+    PresenceDiff {
+        room: String,
+        joined: Vec<PresenceUser>,
+        left: Vec<String>,
+    },
+    /// Server heartbeat: answer with `pong`.
+    Ping {},
+    /// Answer to a client `ping`.
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A request failed; the connection stays open.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The `op` of the request this error answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+        code: ErrorCode,
+        message: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        /// The `cid` of the failed send, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        /// The room of the failed request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+    },
+    /// The server asks the client to reconnect (usually followed by a close 4000).
+    Reconnect { reason: String, retry_after_ms: u64 },
+}
+
+impl ServerFrame {
+    /// Encode to JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+
+    /// Decode JSON text (used by clients).
+    pub fn decode(text: &str) -> Result<ServerFrame, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// An error frame for `code`, with its retryability.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error {
+            id: None,
+            request: None,
+            code,
+            message: message.into(),
+            retryable: code.retryable(),
+            retry_after_ms: None,
+            cid: None,
+            room: None,
+        }
+    }
+}
+
+/// Room names: 1 to 128 characters from `A-Z a-z 0-9 _ - . : @ #`.
+pub const MAX_ROOM_LEN: usize = 128;
+
+/// Whether `room` is a valid room name.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= MAX_ROOM_LEN
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@#".contains(&b))
+}
+
+/// The deterministic id of the direct room between two users: `dm:` and the
+/// two user ids sorted, joined by `:`.
+pub fn direct_room(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("dm:{x}:{y}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_send_keeps_raw_body() {
+        let f = ClientFrame::decode(
+            r#"{"op":"send","id":7,"room":"r","cid":"c1","body":{"text":"hi"},"extra":1}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Send {
+                id,
+                room,
+                cid,
+                body,
+                meta,
+            } => {
+                assert_eq!(id, Some(7));
+                assert_eq!(room, "r");
+                assert_eq!(cid, "c1");
+                assert_eq!(body.get(), r#"{"text":"hi"}"#);
+                assert!(meta.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_errors_carry_id_and_op() {
+        let e = ClientFrame::decode(r#"{"op":"frobnicate","id":3}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownOp);
+        assert_eq!(e.id, Some(3));
+        let e = ClientFrame::decode(r#"{"op":"join","id":4,"room":5}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(e.id, Some(4));
+        assert_eq!(e.op.as_deref(), Some("join"));
+        let e = ClientFrame::decode("{not json").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = ClientFrame::decode(r#"{"op":"send","room":"r","cid":"x"}"#).unwrap_err();
+        assert!(e.message.contains("body"));
+        let e = ClientFrame::decode(r#"[1,2]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        let frames = vec![
+            ClientFrame::Hello {
+                v: 1,
+                token: Some("t".into()),
+                device: Some("phone".into()),
+                meta: Some(Json::from_text(r#"{"a":1}"#).unwrap()),
+                resume: Some(Resume {
+                    token: "r".into(),
+                    rooms: [("x".to_string(), 3)].into(),
+                }),
+            },
+            ClientFrame::Join {
+                id: Some(1),
+                room: "r".into(),
+                since: Some(2),
+            },
+            ClientFrame::Leave {
+                id: None,
+                room: "r".into(),
+                keep_membership: true,
+            },
+            ClientFrame::Send {
+                id: Some(2),
+                room: "r".into(),
+                cid: "c".into(),
+                body: Json::from_text("\"hi\"").unwrap(),
+                meta: None,
+            },
+            ClientFrame::History {
+                id: None,
+                room: "r".into(),
+                before: Some(9),
+                after: None,
+                limit: Some(5),
+            },
+            ClientFrame::Read {
+                id: None,
+                room: "r".into(),
+                seq: 4,
+            },
+            ClientFrame::Delivered {
+                id: None,
+                room: "r".into(),
+                seq: 4,
+            },
+            ClientFrame::Typing {
+                room: "r".into(),
+                active: false,
+            },
+            ClientFrame::Presence {
+                id: Some(9),
+                room: "r".into(),
+            },
+            ClientFrame::Ping { id: Some(1) },
+            ClientFrame::Pong {},
+        ];
+        for f in frames {
+            let text = f.encode();
+            let back = ClientFrame::decode(&text).unwrap();
+            assert_eq!(back.encode(), text);
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let msg = ServerFrame::Msg(Message {
+            room: "r".into(),
+            seq: 1,
+            id: "m".into(),
+            sender: "u".into(),
+            cid: Some("c".into()),
+            body: Json::from_text(r#"{"text":"hi"}"#).unwrap(),
+            meta: None,
+            ts: 5,
+        });
+        let text = msg.encode();
+        assert!(
+            text.starts_with(r#"{"op":"msg","room":"r","seq":1"#),
+            "{text}"
+        );
+        let back = ServerFrame::decode(&text).unwrap();
+        assert_eq!(back.encode(), text);
+        let err = ServerFrame::error(ErrorCode::RateLimited, "slow down");
+        let text = err.encode();
+        assert!(text.contains(r#""retryable":true"#));
+        assert_eq!(ServerFrame::decode(&text).unwrap().encode(), text);
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room("general"));
+        assert!(valid_room("dm:alice:bob"));
+        assert!(!valid_room(""));
+        assert!(!valid_room("a/b"));
+        assert!(!valid_room(&"x".repeat(129)));
+        assert_eq!(direct_room("bob", "alice"), "dm:alice:bob");
+    }
+}
