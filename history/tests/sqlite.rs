@@ -1,12 +1,15 @@
 //! The history contract against `SqliteStore`, plus what is specific to the
 //! SQLite file: persistence across reopen and WAL mode.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chorus_history::{
-    HistoryStore, NewMessage, Position, ReadRange, RoomBatch, RoomOutcome, SqliteStore, contract,
+    HistoryStore, Membership, NewMessage, Position, ReadRange, Retention, RoomBatch, RoomClaim,
+    RoomOutcome, SqliteStore, StoreError, StoredMessage, contract,
 };
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -167,10 +170,114 @@ async fn data_survives_reopen() {
     assert_eq!((appended[0].seq, appended[0].ts), (2, 2));
 }
 
-/// Reopening without a clean close (as after a crash) loses nothing either:
-/// committed transactions are in the WAL, which the next open replays.
+/// Env var naming the database the child half of the kill test writes to.
+const KILL_CHILD_DB: &str = "CHORUS_HISTORY_KILL_CHILD_DB";
+
+/// Child half of `acked_appends_survive_kill_9`: appends one message at a
+/// time and prints `acked <seq>` after each `Ok`, until it is killed. Without
+/// the environment variable (a normal test run) it does nothing.
 #[tokio::test]
-async fn data_survives_reopen_without_close() {
+async fn kill_child_appends_until_killed() {
+    let Ok(path) = std::env::var(KILL_CHILD_DB) else {
+        return;
+    };
+    let store = SqliteStore::open(Path::new(&path))
+        .await
+        .expect("open store");
+    let claim = store.claim_room("t/a").await.expect("claim");
+    for i in 1_u64.. {
+        let outcomes = store
+            .append(&[RoomBatch {
+                room: "t/a".to_owned(),
+                epoch: claim.epoch,
+                messages: vec![new_message(&format!("c{i}"), 1)],
+            }])
+            .await
+            .expect("append");
+        let RoomOutcome::Committed(appended) = &outcomes[0] else {
+            panic!("fenced: {outcomes:?}");
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "acked {}", appended[0].seq).expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+/// Kills the child when the parent test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already dead after the deliberate kill; an error here is expected then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every append acknowledged before a `kill -9` of the writing process is
+/// in the file when it is opened again.
+#[tokio::test]
+async fn acked_appends_survive_kill_9() {
+    const ACKS: u64 = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.db");
+
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "kill_child_appends_until_killed",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD_DB, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("child stdout");
+
+    // Blocking reads are fine here: nothing else runs on this test's runtime.
+    let mut last_acked = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("child output");
+        if let Some(seq) = line.strip_prefix("acked ") {
+            last_acked = seq.parse().expect("acked seq");
+            if last_acked >= ACKS {
+                break;
+            }
+        }
+    }
+    assert!(
+        last_acked >= ACKS,
+        "the child stopped after {last_acked} acks"
+    );
+    // SIGKILL mid-stream: no destructor, no close, no checkpoint.
+    child.0.kill().expect("kill child");
+    child.0.wait().expect("reap child");
+
+    let store = SqliteStore::open(&path).await.expect("reopen store");
+    let tip = store.tips(&["t/a".to_owned()]).await.expect("tips")[0];
+    assert!(tip >= last_acked, "tip {tip} lost acked seq {last_acked}");
+    let stored = store
+        .read(
+            "t/a",
+            ReadRange::After {
+                after: 0,
+                limit: u32::try_from(last_acked).expect("small"),
+            },
+        )
+        .await
+        .expect("read");
+    let cids: Vec<_> = stored.iter().map(|m| m.cid.clone()).collect();
+    let expected: Vec<_> = (1..=last_acked).map(|i| format!("c{i}")).collect();
+    assert_eq!(cids, expected, "every acked message is there, in order");
+}
+
+/// A second store opened on a file another store still has open (as a
+/// restarted process would while the old one is dying) sees its commits.
+#[tokio::test]
+async fn a_second_store_on_the_same_file_sees_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("history.db");
 
@@ -185,10 +292,24 @@ async fn data_survives_reopen_without_close() {
         .await
         .expect("append");
 
-    // A second store on the same file while the first still has it open.
     let second = SqliteStore::open(&path).await.expect("second open");
     assert_eq!(second.tips(&["t/a".to_owned()]).await.expect("tips"), [1]);
-    drop(first);
+    let reclaimed = second.claim_room("t/a").await.expect("claim");
+    let fenced = first
+        .append(&[RoomBatch {
+            room: "t/a".to_owned(),
+            epoch: claim.epoch,
+            messages: vec![new_message("c2", 2)],
+        }])
+        .await
+        .expect("append");
+    assert_eq!(
+        fenced,
+        [RoomOutcome::Fenced {
+            current_epoch: reclaimed.epoch
+        }],
+        "the old store is fenced by the new one's claim"
+    );
 }
 
 async fn journal_mode(path: &Path) -> String {
@@ -282,4 +403,75 @@ async fn large_batches_span_statement_chunks() {
         store.tips(&["t/big".to_owned()]).await.expect("tips"),
         [500]
     );
+}
+
+/// A store that misreports retries as new messages (every `duplicate` flag
+/// false). Used to prove the suite catches a broken backend and names the case.
+struct NoIdempotency(SqliteStore);
+
+#[async_trait::async_trait]
+impl HistoryStore for NoIdempotency {
+    async fn claim_room(&self, room: &str) -> Result<RoomClaim, StoreError> {
+        self.0.claim_room(room).await
+    }
+    async fn append(&self, batches: &[RoomBatch]) -> Result<Vec<RoomOutcome>, StoreError> {
+        let mut outcomes = self.0.append(batches).await?;
+        for outcome in &mut outcomes {
+            if let RoomOutcome::Committed(appended) = outcome {
+                for entry in appended {
+                    entry.duplicate = false;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+    async fn read(&self, room: &str, range: ReadRange) -> Result<Vec<StoredMessage>, StoreError> {
+        self.0.read(room, range).await
+    }
+    async fn tips(&self, rooms: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.0.tips(rooms).await
+    }
+    async fn join(&self, room: &str, user: &str, now_ms: i64) -> Result<Membership, StoreError> {
+        self.0.join(room, user, now_ms).await
+    }
+    async fn leave(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        self.0.leave(room, user).await
+    }
+    async fn memberships(&self, user: &str) -> Result<Vec<Membership>, StoreError> {
+        self.0.memberships(user).await
+    }
+    async fn membership(&self, room: &str, user: &str) -> Result<Option<Membership>, StoreError> {
+        self.0.membership(room, user).await
+    }
+    async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        position: Position,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.0.mark(room, user, position, seq).await
+    }
+    async fn trim(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {
+        self.0.trim(retention, now_ms).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test]
+#[should_panic(expected = "history contract case `append_is_idempotent_by_cid` failed")]
+async fn run_all_names_the_failing_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opened = AtomicUsize::new(0);
+    contract::run_all(|| {
+        let n = opened.fetch_add(1, Ordering::Relaxed);
+        let path = dir.path().join(format!("case-{n}.db"));
+        async move {
+            let store = SqliteStore::open(&path).await.expect("open store");
+            Box::new(NoIdempotency(store)) as Box<dyn HistoryStore>
+        }
+    })
+    .await;
 }

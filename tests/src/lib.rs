@@ -1,1 +1,227 @@
-//! placeholder
+//! Test harness for chorus: start real `chorus` processes on free ports, mint
+//! tokens, and connect clients.
+//!
+//! Layout:
+//! - [`GatewayProcess`]: one `chorus` process with its own data directory; killed
+//!   by PID when dropped, also when a test fails.
+//! - [`binary`]: where the `chorus` binary is (built on first use if missing).
+//! - [`token`]: HS256 JWTs for tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chorus_protocol::client::{Client, ClientConfig};
+
+/// The secret every test node uses for client JWTs.
+pub const JWT_SECRET: &str = "test-secret-0123456789";
+/// The API key every test node accepts.
+pub const API_KEY: &str = "test-api-key";
+
+/// Path of the `chorus` binary: `$CHORUS_BIN`, else next to this test's target
+/// directory, built with cargo once if absent.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("CHORUS_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/<test-exe> -> target/<profile>/chorus
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let bin = profile_dir.join("chorus");
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-q", "-p", "chorus-gateway", "--bin", "chorus"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        // Always run the build: it is a no-op when the binary is current, and it
+        // keeps tests from running against a stale binary.
+        let status = cmd.status().expect("run cargo build for the chorus binary");
+        assert!(status.success(), "building the chorus binary failed");
+        assert!(bin.exists(), "chorus binary not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Serialises process start-up output parsing across tests in one binary.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+/// A running `chorus` process.
+pub struct GatewayProcess {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    /// Flags it was started with (reused by `restart`).
+    args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl GatewayProcess {
+    /// Start a node with a fresh data directory and the test JWT secret and API
+    /// key, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> GatewayProcess {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut p = GatewayProcess::start_in(&data_dir, extra, None);
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Start a node on `data_dir`, on `listen` (default port 0).
+    pub fn start_in(data_dir: &Path, extra: &[&str], listen: Option<&str>) -> GatewayProcess {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.unwrap_or("127.0.0.1:0").into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--jwt-secret".into(),
+            JWT_SECRET.into(),
+            "--dev-insecure-auth".into(),
+            "--api-key".into(),
+            API_KEY.into(),
+            "--resume-secret".into(),
+            "test-resume-secret".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, addr) = spawn(&args);
+        GatewayProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf(), args, _tmp: None }
+    }
+
+    /// OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `ws://ADDR/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://ADDR`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A WebSocket URL authenticating `user` with a fresh JWT.
+    pub fn url_for(&self, user: &str) -> String {
+        format!("{}?access_token={}", self.ws_url(), token(user, 3600, None, None))
+    }
+
+    /// Connect `user` (JWT auth) with default client settings.
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(self.config(user)).await.expect("connect")
+    }
+
+    /// Client settings for `user`.
+    pub fn config(&self, user: &str) -> ClientConfig {
+        ClientConfig::new(self.url_for(user))
+    }
+
+    /// kill -9, wait for the exit.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (drain) and wait for the exit; returns the exit status.
+    pub fn sigterm(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(c.id(), "TERM");
+        c.wait().ok()
+    }
+
+    /// Start again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            args[i + 1] = self.addr.clone();
+        }
+        let (child, addr) = spawn(&args);
+        self.child = Some(child);
+        self.addr = addr;
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Send a signal by name to a PID via `kill(1)`.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+}
+
+fn spawn(args: &[String]) -> (Child, String) {
+    let _guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last_err = String::new();
+    // A restart on a fixed port can race the old socket's release: retry a little.
+    for _ in 0..50 {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("CHORUS_LOG", std::env::var("CHORUS_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn chorus");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        let _ = reader.read_line(&mut line);
+        if let Some(rest) = line.strip_prefix("chorus listening on http://") {
+            let addr = rest.split('/').next().unwrap_or_default().to_owned();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return (child, addr);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        last_err = line;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("chorus did not start: {last_err:?}");
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An HS256 JWT for `user`, valid for `ttl_secs` (negative: already expired),
+/// with optional room patterns and tenant.
+pub fn token(user: &str, ttl_secs: i64, rooms: Option<&[&str]>, tenant: Option<&str>) -> String {
+    let mut claims = serde_json::json!({"sub": user, "exp": now_secs() as i64 + ttl_secs});
+    if let Some(r) = rooms {
+        claims["rooms"] = serde_json::json!(r);
+    }
+    if let Some(t) = tenant {
+        claims["tenant"] = serde_json::json!(t);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+/// A text body `{"text": ...}`.
+pub fn text(s: &str) -> chorus_protocol::Json {
+    chorus_protocol::Json::from_value(&serde_json::json!({ "text": s }))
+}
