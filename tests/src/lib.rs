@@ -28,11 +28,17 @@ pub fn binary() -> PathBuf {
         if let Ok(p) = std::env::var("CHORUS_BIN") {
             return PathBuf::from(p);
         }
-        // target/<profile>/deps/<test-exe> -> target/<profile>/chorus
+        // target/<profile>/deps/<test-exe> or target/<profile>/<bin> -> target/<profile>/chorus
         let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let mut profile_dir = exe.parent().expect("exe dir");
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir = profile_dir.parent().expect("target profile dir");
+        }
         let bin = profile_dir.join("chorus");
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-q", "-p", "chorus-gateway", "--bin", "chorus"]);
         if profile == "release" {
@@ -91,7 +97,13 @@ impl GatewayProcess {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let (child, addr) = spawn(&args);
-        GatewayProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf(), args, _tmp: None }
+        GatewayProcess {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+            _tmp: None,
+        }
     }
 
     /// OS process id.
@@ -111,7 +123,11 @@ impl GatewayProcess {
 
     /// A WebSocket URL authenticating `user` with a fresh JWT.
     pub fn url_for(&self, user: &str) -> String {
-        format!("{}?access_token={}", self.ws_url(), token(user, 3600, None, None))
+        format!(
+            "{}?access_token={}",
+            self.ws_url(),
+            token(user, 3600, None, None)
+        )
     }
 
     /// Connect `user` (JWT auth) with default client settings.
@@ -160,7 +176,9 @@ impl Drop for GatewayProcess {
 
 /// Send a signal by name to a PID via `kill(1)`.
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
 }
 
 fn spawn(args: &[String]) -> (Child, String) {
@@ -170,7 +188,10 @@ fn spawn(args: &[String]) -> (Child, String) {
     for _ in 0..50 {
         let mut child = Command::new(binary())
             .args(args)
-            .env("CHORUS_LOG", std::env::var("CHORUS_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "CHORUS_LOG",
+                std::env::var("CHORUS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -200,7 +221,10 @@ fn spawn(args: &[String]) -> (Child, String) {
 
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An HS256 JWT for `user`, valid for `ttl_secs` (negative: already expired),
