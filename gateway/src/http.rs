@@ -31,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", get(index))
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/rooms/{room}/presence", get(room_presence))
@@ -40,7 +41,37 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/rooms/{room}/messages",
             get(get_messages).post(post_message),
         )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
+}
+
+/// Unknown paths get the API's error shape too.
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A known path with a method it does not serve.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// A JSON body that could not be read: 413 when it is over the body limit,
+/// 400 for everything else (wrong content type, bad JSON, wrong shape).
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.body_text(),
+        )
+    } else {
+        ApiError::bad_request(e.body_text())
+    }
 }
 
 /// An API error: status, stable code, message.
@@ -317,7 +348,7 @@ async fn presence_query(
     body: Result<AxumJson<PresenceQueryBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
-    let AxumJson(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let AxumJson(body) = body.map_err(json_rejection)?;
     if body.users.len() > MAX_QUERY_USERS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_QUERY_USERS} users per query"
@@ -389,9 +420,12 @@ async fn post_message(
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
     let key = room_key(&room, &q)?;
-    let AxumJson(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let AxumJson(p) = body.map_err(json_rejection)?;
     if !valid_user(&p.sender) {
         return Err(ApiError::bad_request("sender must be a valid user id"));
+    }
+    if p.body.get() == "null" {
+        return Err(ApiError::bad_request("body must not be null"));
     }
     let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     if cid.is_empty() || cid.len() > 128 {
