@@ -67,8 +67,10 @@ struct Joined {
     /// Highest seq written to the client: live frames at or below it are
     /// duplicates, above it + 1 a gap to fill from history.
     last_seq: u64,
-    /// Last typing event relayed, for the typing rate limit.
+    /// Last typing start relayed, for the typing rate limit.
     last_typing: Option<Instant>,
+    /// Whether the last typing event relayed was a start (a stop then clears it).
+    typing_shown: bool,
 }
 
 /// Entry point from the HTTP upgrade.
@@ -485,10 +487,7 @@ impl Conn {
     /// Room name and ACL checks; the room's key.
     fn check_room(&self, room: &str) -> Result<String, Fail> {
         if !valid_room(room) {
-            return Err(Fail::new(
-                ErrorCode::InvalidRoom,
-                "room names are 1-128 chars of A-Z a-z 0-9 _ - . : @ #",
-            ));
+            return Err(invalid_room());
         }
         if !self.ident.allows(room) {
             return Err(Fail::new(
@@ -499,8 +498,12 @@ impl Conn {
         Ok(self.ident.room_key(room))
     }
 
-    /// The key of a room this connection has joined.
+    /// The key of a room this connection has joined. An invalid name is
+    /// `invalid_room` (it can never be joined), not `not_joined`.
     fn joined_key(&self, room: &str) -> Result<Arc<str>, Fail> {
+        if !valid_room(room) {
+            return Err(invalid_room());
+        }
         let key = self.ident.room_key(room);
         self.rooms
             .get_key_value(key.as_str())
@@ -546,6 +549,7 @@ impl Conn {
                     public: room.clone(),
                     last_seq: 0,
                     last_typing: None,
+                    typing_shown: false,
                 },
             );
             key
@@ -652,12 +656,7 @@ impl Conn {
                     complete = false;
                 }
                 let text = ServerFrame::Msg(to_message(&public, m.clone())).encode();
-                if self
-                    .ws
-                    .feed(WsMessage::Text(Utf8Bytes::from(text)))
-                    .await
-                    .is_err()
-                {
+                if self.feed(Utf8Bytes::from(text)).await.is_err() {
                     return Err(ReplayError::Socket);
                 }
                 written += 1;
@@ -687,7 +686,12 @@ impl Conn {
         room: String,
         keep_membership: bool,
     ) -> Result<(), Fail> {
-        let key = self.check_room(&room)?;
+        // No ACL check: ending a membership is always allowed, also in a room
+        // the current token no longer allows (its only error is invalid_room).
+        if !valid_room(&room) {
+            return Err(invalid_room());
+        }
+        let key = self.ident.room_key(&room);
         if let Some((k, _)) = self.rooms.get_key_value(key.as_str()) {
             let k = k.clone();
             self.drop_room(&k).await;
@@ -833,11 +837,21 @@ impl Conn {
             return Ok(());
         };
         // Starts are rate-limited (excess dropped silently: typing is ephemeral);
-        // a stop always goes through so indicators clear promptly.
-        if active && j.last_typing.is_some_and(|t| t.elapsed() < interval) {
-            return Ok(());
+        // a stop goes through when it clears a relayed start, so indicators clear
+        // promptly. A stop does not reset the start limit: alternating start/stop
+        // would otherwise relay every frame.
+        if active {
+            if j.last_typing.is_some_and(|t| t.elapsed() < interval) {
+                return Ok(());
+            }
+            j.last_typing = Some(Instant::now());
+            j.typing_shown = true;
+        } else {
+            if !j.typing_shown {
+                return Ok(());
+            }
+            j.typing_shown = false;
         }
-        j.last_typing = if active { Some(Instant::now()) } else { None };
         let device = self
             .entry
             .as_ref()
@@ -964,12 +978,18 @@ impl Conn {
         }
     }
 
+    /// Queue one frame on the socket, bounded by the write timeout like `flush`:
+    /// once the socket's buffers are full, `feed` itself waits for room, and a
+    /// client that stopped reading must not hold this task (deaf to its kill
+    /// switch, its presence and its socket kept) forever.
     async fn feed(&mut self, frame: Utf8Bytes) -> Step {
         metrics::counter!("chorus_frames_out_total").increment(1);
-        self.ws
-            .feed(WsMessage::Text(frame))
-            .await
-            .map_err(|_| End::Gone)
+        let feed = self.ws.feed(WsMessage::Text(frame));
+        match tokio::time::timeout(self.node.cfg.write_timeout(), feed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(CloseCode::SlowConsumer)),
+        }
     }
 
     /// Flush, bounded by the write timeout: a client that does not read is slow.
@@ -997,6 +1017,13 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+fn invalid_room() -> Fail {
+    Fail::new(
+        ErrorCode::InvalidRoom,
+        "room names are 1-128 chars of A-Z a-z 0-9 _ - . : @ #",
+    )
 }
 
 fn store_fail(e: chorus_history::StoreError) -> Fail {

@@ -316,7 +316,12 @@ async fn user_json(node: &Node, user: &str, key: &str) -> Result<serde_json::Val
         .into_iter()
         .map(|d| {
             let rooms: Vec<&str> = d.rooms.iter().map(|r| crate::auth::public_name(r)).collect();
-            json!({"device": d.info.device, "node": d.info.node, "since": d.info.since, "meta": d.info.meta, "rooms": rooms})
+            let mut v = json!({"device": d.info.device, "node": d.info.node, "since": d.info.since, "rooms": rooms});
+            // Omitted when absent, as everywhere else (never `null`).
+            if let (Some(meta), Some(o)) = (d.info.meta, v.as_object_mut()) {
+                o.insert("meta".into(), meta);
+            }
+            v
         })
         .collect();
     Ok(json!({"user": user, "online": !devices.is_empty(), "devices": devices}))

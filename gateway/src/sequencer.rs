@@ -313,7 +313,11 @@ impl Writer {
                         .collect();
                     if let Some(&(last, _)) = frames.last() {
                         let first = frames[0].0;
-                        if let Err(e) = self.broker.publish(&room, first, last, frames).await {
+                        let fanout = Instant::now();
+                        let published = self.broker.publish(&room, first, last, frames).await;
+                        metrics::histogram!("chorus_fanout_seconds")
+                            .record(fanout.elapsed().as_secs_f64());
+                        if let Err(e) = published {
                             // Committed is what counts: receivers find the gap by seq
                             // and fill it from history.
                             warn!(%room, error = %e, "publish failed after commit");
