@@ -153,7 +153,12 @@ pub struct Auth {
     resume_enc: EncodingKey,
     resume_dec: DecodingKey,
     resume_ttl_ms: i64,
+    /// Required `aud` claim, if configured.
+    audience: Option<String>,
 }
+
+/// Clock skew tolerated on `exp`, seconds (also applied to the in-connection expiry).
+pub const LEEWAY_SECS: u64 = 5;
 
 impl Auth {
     pub fn new(cfg: &Config) -> Result<Auth, String> {
@@ -193,6 +198,7 @@ impl Auth {
             resume_enc: EncodingKey::from_secret(&secret),
             resume_dec: DecodingKey::from_secret(&secret),
             resume_ttl_ms: cfg.resume_ttl_ms as i64,
+            audience: cfg.jwt_audience.clone(),
         })
     }
 
@@ -214,8 +220,14 @@ impl Auth {
         }
         .ok_or_else(|| AuthError::Invalid(format!("no key for algorithm {:?}", header.alg)))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            // Identity providers often add `aud`; without a configured audience
+            // it is not checked (rather than refusing every such token).
+            None => validation.validate_aud = false,
+        }
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {

@@ -36,6 +36,10 @@ pub struct Config {
     #[arg(long, env = "CHORUS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// Required `aud` claim of client JWTs; when absent, `aud` is not checked.
+    #[arg(long, env = "CHORUS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Accept `?user=NAME` without a token. INSECURE: for the local demo only.
     /// On by default when no JWT key is configured and the listen address is loopback.
     #[arg(long, env = "CHORUS_DEV_INSECURE_AUTH")]
@@ -115,9 +119,14 @@ pub struct Config {
     #[arg(long, env = "CHORUS_FRAME_BURST", default_value_t = 400)]
     pub frame_burst: u64,
 
-    /// Outbound frames queued per connection before it is closed as slow (4002).
+    /// Outbound items (frames, or one committed batch of a room) queued per
+    /// connection before it is closed as slow (4002).
     #[arg(long, env = "CHORUS_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+
+    /// Outbound bytes queued per connection before it is closed as slow (4002).
+    #[arg(long, env = "CHORUS_OUTBOUND_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outbound_bytes: usize,
 
     /// Time a write to a client may block before it is closed as slow, milliseconds.
     #[arg(long, env = "CHORUS_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
@@ -222,8 +231,15 @@ impl Config {
                 errs.push(format!("{name} must be positive"));
             }
         }
-        if self.outbound_queue == 0 || self.batch_max == 0 || self.writer_queue == 0 {
-            errs.push("--outbound-queue, --batch-max and --writer-queue must be positive".into());
+        if self.outbound_queue == 0
+            || self.outbound_bytes == 0
+            || self.batch_max == 0
+            || self.writer_queue == 0
+        {
+            errs.push(
+                "--outbound-queue, --outbound-bytes, --batch-max and --writer-queue must be positive"
+                    .into(),
+            );
         }
         if !["text", "json"].contains(&self.log_format.as_str()) {
             errs.push(format!(

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, warn};
 
-use crate::auth::{AuthError, Identity, now_ms};
+use crate::auth::{AuthError, Identity, LEEWAY_SECS, now_ms};
 use crate::hub::{ConnHandle, Kill, Outbound};
 use crate::node::Node;
 use crate::presence::PresenceEntry;
@@ -128,8 +128,8 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         }
     };
     let user_key = ident.user_key();
-    if !node.admit(&user_key) {
-        close(&mut ws, CloseCode::TooManyConnections, None).await;
+    if let Err(code) = node.admit(&user_key) {
+        close(&mut ws, code, None).await;
         return;
     }
     let (tx, rx) = mpsc::channel(node.cfg.outbound_queue);
@@ -137,6 +137,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         id: node.next_conn_id(),
         tx,
         kill: Arc::new(Kill::default()),
+        max_bytes: node.cfg.outbound_bytes,
     };
     let mut conn = Conn {
         node: node.clone(),
@@ -268,9 +269,11 @@ impl Conn {
         let mut shutdown = self.node.shutdown_signal();
         let heartbeat = self.node.cfg.heartbeat();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // The same leeway as at connect, so a token accepted within it is not
+        // closed the moment `welcome` is sent.
         let expiry = self.ident.exp.map(|exp| {
-            let secs = (exp as i64 * 1000 - now_ms()).max(0) as u64;
-            tokio::time::Instant::now() + Duration::from_millis(secs)
+            let ms = ((exp + LEEWAY_SECS) as i64 * 1000 - now_ms()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(ms)
         });
         let kill = self.handle.kill.clone();
         loop {
@@ -895,32 +898,42 @@ impl Conn {
     }
 
     async fn feed_outbound(&mut self, out: Outbound) -> Step {
+        self.handle.kill.dequeued(out.bytes());
         match out {
             Outbound::Frame(f) => self.feed(f).await,
-            Outbound::Msg { room, seq, frame } => {
-                let Some(last) = self.rooms.get(&room).map(|j| j.last_seq) else {
-                    return Ok(()); // left the room meanwhile
-                };
-                if seq <= last {
-                    return Ok(()); // already written (replay overlap)
+            Outbound::Msgs { room, frames, .. } => {
+                for (seq, frame) in frames.iter() {
+                    self.feed_msg(&room, *seq, frame).await?;
                 }
-                if seq > last + 1 {
-                    metrics::counter!("chorus_gap_fills_total").increment(1);
-                    match self.replay(&room, seq - 1).await {
-                        Ok(_) => {}
-                        Err(ReplayError::Socket) => return Err(End::Gone),
-                        Err(ReplayError::Store(e)) => {
-                            warn!(room = %room, error = %e, "gap fill failed");
-                            return Err(End::Close(CloseCode::Unavailable));
-                        }
-                    }
-                }
-                if let Some(j) = self.rooms.get_mut(&room) {
-                    j.last_seq = seq;
-                }
-                self.feed(frame).await
+                Ok(())
             }
         }
+    }
+
+    /// One live room message: skip what was already written, fill a gap from
+    /// history first, then write it.
+    async fn feed_msg(&mut self, room: &Arc<str>, seq: u64, frame: &Utf8Bytes) -> Step {
+        let Some(last) = self.rooms.get(room).map(|j| j.last_seq) else {
+            return Ok(()); // left the room meanwhile
+        };
+        if seq <= last {
+            return Ok(()); // already written (replay overlap)
+        }
+        if seq > last + 1 {
+            metrics::counter!("chorus_gap_fills_total").increment(1);
+            match self.replay(room, seq - 1).await {
+                Ok(_) => {}
+                Err(ReplayError::Socket) => return Err(End::Gone),
+                Err(ReplayError::Store(e)) => {
+                    warn!(room = %room, error = %e, "gap fill failed");
+                    return Err(End::Close(CloseCode::Unavailable));
+                }
+            }
+        }
+        if let Some(j) = self.rooms.get_mut(room) {
+            j.last_seq = seq;
+        }
+        self.feed(frame.clone()).await
     }
 
     async fn on_tick(&mut self) -> Step {

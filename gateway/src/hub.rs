@@ -1,13 +1,14 @@
 //! The hub: which local connections are in which room, and fan-out to them.
 //!
 //! Frames arrive already serialised; the hub hands the same bytes to every
-//! connection (a reference-count increment each). Each connection has one bounded
-//! queue: a full queue marks the connection slow and closes it (4002); the hub
-//! never waits on a connection, so one slow reader cannot slow a room.
+//! connection (a reference-count increment each; a committed batch is one queue
+//! item). Each connection has one queue bounded twice: in items and in bytes. A
+//! connection over either bound is slow and is closed (4002); the hub never waits
+//! on a connection, so one slow reader cannot slow a room.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_protocol::CloseCode;
@@ -17,17 +18,30 @@ use tokio::sync::{Notify, mpsc};
 /// Process-unique connection id.
 pub type ConnId = u64;
 
+/// Frames of one committed room batch: `(seq, msg frame)`, ascending.
+pub type MsgBatch = Arc<[(u64, Utf8Bytes)]>;
+
 /// One queued outbound item.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A frame delivered as is (presence, typing, receipts).
     Frame(Utf8Bytes),
-    /// A room message: the connection filters by seq (de-duplication, gap fill).
-    Msg {
+    /// Room messages: the connection filters them by seq (de-duplication, gap fill).
+    Msgs {
         room: Arc<str>,
-        seq: u64,
-        frame: Utf8Bytes,
+        frames: MsgBatch,
+        bytes: usize,
     },
+}
+
+impl Outbound {
+    /// Bytes this item holds against the connection's budget.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(f) => f.len(),
+            Outbound::Msgs { bytes, .. } => *bytes,
+        }
+    }
 }
 
 /// Lets other tasks tell a connection to close with a code.
@@ -35,6 +49,8 @@ pub enum Outbound {
 pub struct Kill {
     code: AtomicU16,
     notify: Notify,
+    /// Bytes queued for the connection and not yet written (its byte budget).
+    queued: AtomicUsize,
 }
 
 impl Kill {
@@ -47,6 +63,16 @@ impl Kill {
         {
             self.notify.notify_one();
         }
+    }
+
+    /// The connection wrote an item of `bytes` (or dropped it).
+    pub fn dequeued(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// The code asked for, if any.
@@ -71,20 +97,40 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub tx: mpsc::Sender<Outbound>,
     pub kill: Arc<Kill>,
+    /// Byte budget of the queue.
+    pub max_bytes: usize,
 }
 
 impl ConnHandle {
-    /// Queue without waiting; a full queue closes the connection as slow.
+    /// Queue without waiting; a queue over its item or byte bound closes the
+    /// connection as slow (the client resumes from its last seq).
     pub fn offer(&self, item: Outbound) -> bool {
+        let bytes = item.bytes();
+        let before = self.kill.queued.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > self.max_bytes {
+            self.kill.dequeued(bytes);
+            self.slow();
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("chorus_slow_consumer_closes_total").increment(1);
-                self.kill.kill(CloseCode::SlowConsumer);
+                self.kill.dequeued(bytes);
+                self.slow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.kill.dequeued(bytes);
+                false
+            }
         }
+    }
+
+    fn slow(&self) {
+        if self.kill.requested().is_none() {
+            metrics::counter!("chorus_slow_consumer_closes_total").increment(1);
+        }
+        self.kill.kill(CloseCode::SlowConsumer);
     }
 }
 
@@ -133,23 +179,22 @@ impl Hub {
         empty
     }
 
-    /// Deliver a room's messages, in seq order, to every local connection in it.
-    pub fn deliver(&self, room: &str, msgs: &[(u64, Utf8Bytes)]) -> usize {
+    /// Deliver a committed batch of a room to every local connection in it: one
+    /// queue item per connection, the frames shared.
+    pub fn deliver(&self, room: &str, frames: MsgBatch) -> usize {
         let Some(entry) = self.rooms.get(room) else {
             return 0;
         };
         let key = entry.key().clone();
+        let bytes = frames.iter().map(|(_, f)| f.len()).sum();
         let mut delivered = 0;
         for conn in entry.values() {
-            for (seq, frame) in msgs {
-                if !conn.offer(Outbound::Msg {
-                    room: key.clone(),
-                    seq: *seq,
-                    frame: frame.clone(),
-                }) {
-                    break;
-                }
-                delivered += 1;
+            if conn.offer(Outbound::Msgs {
+                room: key.clone(),
+                frames: frames.clone(),
+                bytes,
+            }) {
+                delivered += frames.len();
             }
         }
         metrics::counter!("chorus_deliveries_total").increment(delivered as u64);
@@ -182,39 +227,60 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn conn(id: ConnId, cap: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+    fn conn(id: ConnId, cap: usize, max_bytes: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
         (
             ConnHandle {
                 id,
                 tx,
                 kill: Arc::new(Kill::default()),
+                max_bytes,
             },
             rx,
         )
     }
 
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> MsgBatch {
+        seqs.map(|s| (s, Utf8Bytes::from(format!("m{s}"))))
+            .collect()
+    }
+
     #[tokio::test]
-    async fn deliver_reaches_members_in_order_and_full_queue_kills() {
+    async fn deliver_shares_one_batch_and_bounds_kill_slow_readers() {
         let hub = Hub::default();
-        let (a, mut ra) = conn(1, 8);
-        let (b, _rb) = conn(2, 1);
+        let (a, mut ra) = conn(1, 8, 1 << 20);
+        let (b, _rb) = conn(2, 1, 1 << 20);
+        let (c, _rc) = conn(3, 8, 4);
         assert!(hub.subscribe("r", a.clone()).1);
         assert!(!hub.subscribe("r", b.clone()).1);
-        let msgs: Vec<(u64, Utf8Bytes)> = (1..=3)
-            .map(|s| (s, Utf8Bytes::from(format!("m{s}"))))
-            .collect();
-        hub.deliver("r", &msgs);
-        for s in 1..=3 {
-            match ra.recv().await.unwrap() {
-                Outbound::Msg { seq, .. } => assert_eq!(seq, s),
-                other => panic!("{other:?}"),
+        hub.subscribe("r", c.clone());
+        hub.deliver("r", batch(1..=3));
+        hub.deliver("r", batch(4..=4));
+        match ra.recv().await.unwrap() {
+            Outbound::Msgs { frames, bytes, .. } => {
+                assert_eq!(
+                    frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+                    vec![1, 2, 3]
+                );
+                assert_eq!(bytes, 6);
             }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(b.kill.requested(), Some(CloseCode::SlowConsumer));
+        assert_eq!(a.kill.queued_bytes(), 6 + 2, "both batches still counted");
+        assert_eq!(
+            b.kill.requested(),
+            Some(CloseCode::SlowConsumer),
+            "item bound"
+        );
+        assert_eq!(
+            c.kill.requested(),
+            Some(CloseCode::SlowConsumer),
+            "byte bound"
+        );
         assert_eq!(a.kill.requested(), None);
         assert!(!hub.unsubscribe("r", 1));
-        assert!(hub.unsubscribe("r", 2));
+        assert!(!hub.unsubscribe("r", 2));
+        assert!(hub.unsubscribe("r", 3));
         assert_eq!(hub.room_count(), 0);
     }
 }

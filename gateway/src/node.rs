@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, Position, Retention, SqliteStore};
-use chorus_protocol::{Receipt, ServerFrame};
+use chorus_protocol::{CloseCode, Receipt, ServerFrame};
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -128,19 +128,20 @@ impl Node {
         self.connections.load(Ordering::Acquire)
     }
 
-    /// Count a new connection of `user_key`; `false` if over the per-user or node limit.
-    pub fn admit(&self, user_key: &str) -> bool {
+    /// Count a new connection of `user_key`, or the close code refusing it: a full
+    /// node is worth retrying (elsewhere), a user over their limit is not.
+    pub fn admit(&self, user_key: &str) -> Result<(), CloseCode> {
         if self.connections() >= self.cfg.max_connections {
-            return false;
+            return Err(CloseCode::Unavailable);
         }
         let mut n = self.user_conns.entry(user_key.to_owned()).or_insert(0);
         if *n >= self.cfg.max_connections_per_user {
-            return false;
+            return Err(CloseCode::TooManyConnections);
         }
         *n += 1;
         self.connections.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("chorus_connections").set(self.connections() as f64);
-        true
+        Ok(())
     }
 
     /// Undo `admit`.
@@ -297,6 +298,8 @@ impl Node {
                 delivered: None,
             });
         match position {
+            // Read implies delivered. The stored delivered position may be higher
+            // than `moved`; clients keep the maximum they have seen (PROTOCOL.md 6.7).
             Position::Read => {
                 r.read = Some(r.read.unwrap_or(0).max(moved));
                 r.delivered = Some(r.delivered.unwrap_or(0).max(moved));

@@ -273,21 +273,37 @@ struct FlatFrame<'a> {
 
 /// Only what is needed to answer a frame that failed to decode.
 #[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    op: Option<std::borrow::Cow<'a, str>>,
+struct Head {
+    /// Any JSON: a frame whose `op` has the wrong type still gets its id echoed.
+    op: Option<serde_json::Value>,
     id: Option<serde_json::Value>,
 }
 
 impl ClientFrame {
     /// Decode a text frame, with an error fit for an `error` frame on failure.
     pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        if !text.trim_start().starts_with('{') {
+            return Err(DecodeError {
+                code: ErrorCode::BadRequest,
+                message: "a frame must be a JSON object".to_owned(),
+                id: None,
+                op: None,
+            });
+        }
         let flat: FlatFrame<'_> = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                let head: Option<Head<'_>> = serde_json::from_str(text).ok();
+                // Only an object has a readable `op`/`id` (serde would also read
+                // a struct from an array, positionally).
+                let head: Option<Head> = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .filter(|v| v.is_object())
+                    .and_then(|v| serde_json::from_value(v).ok());
                 let (op, id) = match head {
-                    Some(h) => (h.op.map(|o| o.into_owned()), h.id.and_then(|v| v.as_u64())),
+                    Some(h) => (
+                        h.op.and_then(|o| o.as_str().map(str::to_owned)),
+                        h.id.and_then(|v| v.as_u64()),
+                    ),
                     None => (None, None),
                 };
                 return Err(DecodeError {
@@ -302,9 +318,13 @@ impl ClientFrame {
         let op = flat.op.as_deref().unwrap_or("").to_owned();
         let missing = |field: &str| DecodeError {
             code: ErrorCode::BadRequest,
-            message: format!("op '{op}' needs field '{field}'"),
+            message: if op.is_empty() {
+                "every frame needs a string field 'op'".to_owned()
+            } else {
+                format!("op '{op}' needs field '{field}'")
+            },
             id,
-            op: Some(op.clone()),
+            op: (!op.is_empty()).then(|| op.clone()),
         };
         let frame = match op.as_str() {
             "hello" => ClientFrame::Hello {
@@ -666,6 +686,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
         let e = ClientFrame::decode(r#"{"op":"send","room":"r","cid":"x"}"#).unwrap_err();
         assert!(e.message.contains("body"));
+        let e = ClientFrame::decode(r#"{"op":7,"id":13}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.id, e.op),
+            (ErrorCode::BadRequest, Some(13), None)
+        );
         let e = ClientFrame::decode(r#"[1,2]"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
     }

@@ -28,7 +28,7 @@ impl Broker for MemoryBroker {
         _last: u64,
         frames: Vec<(u64, Utf8Bytes)>,
     ) -> Result<(), BrokerError> {
-        self.hub.deliver(room, &frames);
+        self.hub.deliver(room, frames.into());
         Ok(())
     }
 
