@@ -47,6 +47,8 @@ const WRITE_BATCH: usize = 256;
 const REPLAY_PAGE: u32 = 500;
 /// Longest `cid`.
 const MAX_CID: usize = 128;
+/// How long a close waits for the client's close reply.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the loop ended.
 enum End {
@@ -205,11 +207,25 @@ async fn close(ws: &mut WebSocket, code: CloseCode, detail: Option<&str>) {
         code: code.code(),
         reason: Utf8Bytes::from(reason),
     };
-    let _ = tokio::time::timeout(
+    let sent = tokio::time::timeout(
         Duration::from_secs(2),
         ws.send(WsMessage::Close(Some(frame))),
     )
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        // Closing handshake: read (and drop) what the client still sends, up to
+        // its close reply. Closing the socket with unread input makes the kernel
+        // answer with a reset, and a reset makes the client's kernel discard what
+        // the client has not read yet: the `reconnect` hint and this close frame.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = ws.recv().await {
+                if matches!(m, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 struct Conn {
@@ -637,7 +653,7 @@ impl Conn {
                 )
                 .await
                 .map_err(ReplayError::Store)?;
-            if page.is_empty() {
+            if page.first().is_none_or(|m| m.seq > upto) {
                 // Trimmed by retention (or not yet visible): report and move on.
                 complete = false;
                 if let Some(j) = self.rooms.get_mut(key) {
@@ -658,13 +674,14 @@ impl Conn {
                 if m.seq != expected {
                     complete = false;
                 }
-                let text = ServerFrame::Msg(to_message(&public, m.clone())).encode();
+                let seq = m.seq;
+                let text = ServerFrame::Msg(to_message(&public, m)).encode();
                 if self.feed(Utf8Bytes::from(text)).await.is_err() {
                     return Err(ReplayError::Socket);
                 }
                 written += 1;
                 if let Some(j) = self.rooms.get_mut(key) {
-                    j.last_seq = m.seq;
+                    j.last_seq = seq;
                 }
             }
             if self.flush().await.is_err() {
@@ -1001,7 +1018,7 @@ impl Conn {
         match tokio::time::timeout(self.node.cfg.write_timeout(), feed).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close(CloseCode::SlowConsumer)),
+            Err(_) => Err(self.write_timed_out()),
         }
     }
 
@@ -1010,8 +1027,17 @@ impl Conn {
         match tokio::time::timeout(self.node.cfg.write_timeout(), self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close(CloseCode::SlowConsumer)),
+            Err(_) => Err(self.write_timed_out()),
         }
+    }
+
+    /// A write blocked past the write timeout: the client is slow. Also trips the
+    /// kill switch, so the loop closes with 4002 even where a caller turned the
+    /// error into something else (a join's replay answers `Ok` on a socket error,
+    /// which otherwise left the join hanging with the connection open).
+    fn write_timed_out(&self) -> End {
+        self.handle.kill.kill(CloseCode::SlowConsumer);
+        End::Close(CloseCode::SlowConsumer)
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Step {
