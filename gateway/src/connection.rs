@@ -903,13 +903,19 @@ impl Conn {
     }
 
     /// Write queued frames: this one and whatever else is queued, one flush.
+    ///
+    /// Stops once the connection was declared slow: it is closed with 4002 next
+    /// (the client resumes from its last seq), so writing more to it, or filling
+    /// the gap its dropped batch left from history, is wasted work and memory.
     async fn on_outbound(&mut self, first: Outbound) -> Step {
-        self.feed_outbound(first).await?;
-        for _ in 1..WRITE_BATCH {
-            match self.rx.try_recv() {
-                Ok(o) => self.feed_outbound(o).await?,
-                Err(_) => break,
+        let mut next = Some(first);
+        for _ in 0..WRITE_BATCH {
+            let Some(o) = next.take() else { break };
+            if let Some(code) = self.handle.kill.requested() {
+                return Err(End::Close(code));
             }
+            self.feed_outbound(o).await?;
+            next = self.rx.try_recv().ok();
         }
         self.flush().await
     }

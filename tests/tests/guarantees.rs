@@ -273,6 +273,8 @@ async fn total_order_under_concurrent_senders() {
     let node = GatewayProcess::start(&flags(&[
         "--outbound-queue",
         "65536",
+        "--outbound-bytes",
+        "268435456",
         "--send-timeout-ms",
         "60000",
     ]));
@@ -441,10 +443,35 @@ async fn same_cid_is_stored_once_across_retries_and_connections() {
     let next = alice.send(ROOM, "c-2", text("next"), None).await.unwrap();
     assert_eq!((next.seq, next.duplicate), (2, false));
 
-    // Bob got c-1 exactly once (first body), then c-2.
-    let msgs = collect_until(&mut bob, ROOM, 2, Duration::from_secs(30)).await;
+    // The same cid raced: pipelined on one connection and at the same time on
+    // a second connection of the same user (likely in one group commit).
+    let alice2 = node.connect("alice").await;
+    alice2.join(ROOM, None).await.unwrap();
+    let racers = (0..10).map(|i| {
+        let h = if i % 2 == 0 {
+            alice.handle()
+        } else {
+            alice2.handle()
+        };
+        async move { h.send(ROOM, "c-3", text("raced"), None).await.unwrap() }
+    });
+    let raced = futures_util::future::join_all(racers).await;
+    let originals: Vec<&Ack> = raced.iter().filter(|a| !a.duplicate).collect();
+    assert_eq!(originals.len(), 1, "exactly one send stores c-3: {raced:?}");
+    assert!(
+        raced
+            .iter()
+            .all(|a| (a.seq, &a.msg_id) == (3, &originals[0].msg_id)),
+        "every ack of c-3 names the stored message: {raced:?}"
+    );
+
+    // Bob got c-1 exactly once (first body), then c-2, then c-3 once.
+    let msgs = collect_until(&mut bob, ROOM, 3, Duration::from_secs(30)).await;
     let got: Vec<(u64, Option<&str>)> = msgs.iter().map(|m| (m.seq, m.cid.as_deref())).collect();
-    assert_eq!(got, vec![(1, Some("c-1")), (2, Some("c-2"))]);
+    assert_eq!(
+        got,
+        vec![(1, Some("c-1")), (2, Some("c-2")), (3, Some("c-3"))]
+    );
     assert_eq!(msgs[0].body.get(), r#"{"text":"original"}"#);
     assert_eq!(
         bob.duplicates_dropped(),
@@ -459,7 +486,7 @@ async fn same_cid_is_stored_once_across_retries_and_connections() {
 
     let hist = http_history(&node, ROOM).await;
     let by_cid = check_history(&hist);
-    assert_eq!(hist.len(), 2);
+    assert_eq!(hist.len(), 3);
     let stored = &by_cid[&("alice".to_owned(), "c-1".to_owned())];
     assert_eq!((stored.seq, &stored.id), (1, &first.msg_id));
     assert_eq!(stored.body, serde_json::json!({"text": "original"}));
@@ -898,14 +925,18 @@ async fn sigterm_drains_without_losing_acked_messages() {
         watchers.push(tokio::spawn(async move {
             // Everything until the close: the reconnect hint must come before it.
             let mut reconnect = None;
+            let mut seen = Vec::new();
             loop {
                 match c.next_event_timeout(Duration::from_secs(120)).await {
                     Some(Event::Reconnect { retry_after_ms, .. }) => {
                         reconnect = Some(retry_after_ms)
                     }
-                    Some(Event::Closed { code, reason }) => return (reconnect, code, reason),
+                    Some(Event::Msg(m)) => seen.push(m.seq),
+                    Some(Event::Closed { code, reason }) => {
+                        return (reconnect, code, reason, seen, c);
+                    }
                     Some(_) => {}
-                    None => return (reconnect, None, "no close event".to_owned()),
+                    None => return (reconnect, None, "no close event".to_owned(), seen, c),
                 }
             }
         }));
@@ -930,13 +961,20 @@ async fn sigterm_drains_without_losing_acked_messages() {
         "drain took {took:?}, deadline {DRAIN_MS} ms"
     );
 
+    let mut drained = Vec::new();
     for w in watchers {
-        let (reconnect, code, reason) = w.await.expect("watcher");
+        let (reconnect, code, reason, seen, c) = w.await.expect("watcher");
         assert!(
             reconnect.is_some(),
             "no reconnect frame before the close ({code:?} {reason})"
         );
         assert_eq!(code, Some(4000), "close code ({reason})");
+        // Joined while others were already sending: contiguous from its join.
+        let first = seen.first().copied().unwrap_or(1);
+        let expected: Vec<u64> = (first..first + seen.len() as u64).collect();
+        assert_eq!(seen, expected, "delivery before the close");
+        assert_eq!((c.gaps(), c.duplicates_dropped()), (0, 0));
+        drained.push(c);
     }
     for s in senders {
         tokio::time::timeout(Duration::from_secs(60), s)
@@ -959,6 +997,30 @@ async fn sigterm_drains_without_losing_acked_messages() {
                 )
             });
         assert_eq!((m.seq, &m.id), (ack.seq, &ack.msg_id));
+    }
+
+    // The restarted node (same resume secret) resumes every session: each gets
+    // exactly what it had not seen before the drain, up to the tip.
+    let tip = hist.len() as u64;
+    for c in drained {
+        let state = c.resume_state();
+        let last = state.rooms.get(ROOM).copied().expect("cursor");
+        let user = c.welcome().user.clone();
+        let mut c = Client::connect_resume(patient(&node, &user), state)
+            .await
+            .expect("resume after restart");
+        assert!(c.welcome().resumed, "{user}: resume after restart refused");
+        let mut replayed = Vec::new();
+        let joined = loop {
+            match c.next_event_timeout(Duration::from_secs(30)).await {
+                Some(Event::Msg(m)) => replayed.push(m.seq),
+                Some(Event::Joined(j)) => break j,
+                Some(Event::PresenceDiff { .. }) => {}
+                other => panic!("{user}: unexpected during replay: {other:?}"),
+            }
+        };
+        assert_eq!(joined.tip, tip);
+        assert_eq!(replayed, (last + 1..=tip).collect::<Vec<_>>(), "{user}");
     }
     eprintln!(
         "drain: {} acked, {} stored, exit {status:?} after {took:?}",
@@ -988,6 +1050,8 @@ async fn slow_consumer_is_closed_with_4002_and_recovers_by_resume() {
     let node = GatewayProcess::start(&flags(&[
         "--outbound-queue",
         "64",
+        "--outbound-bytes",
+        "1000000",
         "--write-timeout-ms",
         "5000",
     ]));
@@ -1107,6 +1171,8 @@ async fn slow_consumer_that_never_reads_is_dropped_and_others_are_unaffected() {
     let node = GatewayProcess::start(&flags(&[
         "--outbound-queue",
         "64",
+        "--outbound-bytes",
+        "1000000",
         "--write-timeout-ms",
         "1000",
     ]));
@@ -1179,6 +1245,70 @@ async fn slow_consumer_that_never_reads_is_dropped_and_others_are_unaffected() {
     eprintln!("stuck reader: dropped; the fast reader was done in {fast_in:?}");
 }
 
+/// A member that joins with a long replay and does not read it: the replay
+/// blocks on the full socket, and the node must close the connection with 4002
+/// (not leave the join hanging forever); the member then resumes from the last
+/// seq it got and receives exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_during_a_replay_is_closed_and_resumes() {
+    const ROOM: &str = "backlog";
+    const TOTAL: u64 = 1500;
+    let node = GatewayProcess::start(&flags(&["--write-timeout-ms", "500"]));
+    let alice = Client::connect(patient(&node, "alice")).await.unwrap();
+    alice.join(ROOM, None).await.unwrap();
+    assert_eq!(
+        produce(alice.handle(), ROOM, TOTAL, 8000).await.len() as u64,
+        TOTAL
+    );
+
+    let slow_cfg = ClientConfig {
+        event_capacity: 1,
+        ..patient(&node, "slow")
+    };
+    let mut slow = Client::connect(slow_cfg).await.unwrap();
+    let h = slow.handle();
+    let join = tokio::spawn(async move { h.join(ROOM, Some(0)).await });
+    // Well within the 25 s heartbeat (whose ping write would notice the full
+    // socket too): the blocked replay itself must end the connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&node, "chorus_closes_total{code=\"slow_consumer\"}").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a replay into a full socket was not closed as slow within 15 s \
+             (write timeout 500 ms)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = Vec::new();
+    let close = loop {
+        match slow.next_event_timeout(Duration::from_secs(30)).await {
+            Some(Event::Msg(m)) => got.push(m.seq),
+            Some(Event::Closed { code, reason }) => break (code, reason),
+            Some(Event::Gap { expected, got, .. }) => panic!("slow: gap {expected} -> {got}"),
+            Some(_) => {}
+            None => panic!("slow: no close after {} replayed msgs", got.len()),
+        }
+    };
+    let prefix = got.len() as u64;
+    assert_eq!(got, (1..=prefix).collect::<Vec<_>>(), "replay out of order");
+    assert!(prefix < TOTAL, "the replay was not held up");
+    assert_eq!(close.0, Some(4002), "close: {close:?}");
+    let err = join.await.unwrap().expect_err("join cannot succeed");
+    assert_eq!(err.close_code(), Some(4002), "join: {err}");
+
+    let resume = Resume {
+        token: slow.welcome().resume_token.clone(),
+        rooms: BTreeMap::from([(ROOM.to_owned(), prefix)]),
+    };
+    let mut slow = Client::connect_resume(patient(&node, "slow"), resume)
+        .await
+        .unwrap();
+    assert!(slow.welcome().resumed);
+    let rest = collect_until(&mut slow, ROOM, TOTAL, Duration::from_secs(120)).await;
+    assert_eq!(seqs(&rest), (prefix + 1..=TOTAL).collect::<Vec<_>>());
+    eprintln!("slow replay: 4002 after {prefix} of {TOTAL} replayed msgs");
+}
+
 // ---------------------------------------------------------------------------
 // 7. Presence grace after an abrupt disconnect
 // ---------------------------------------------------------------------------
@@ -1202,8 +1332,32 @@ async fn abrupt_disconnect_goes_offline_after_the_grace() {
     assert_eq!(http_room_presence(&node, ROOM).await, vec!["carol", "dave"]);
     assert!(http_user_online(&node, "dave").await);
 
-    let dropped = Instant::now();
+    // A second device of dave: no user-level change, and losing one of the two
+    // devices is none either, even after the grace.
+    let desktop = Client::connect(node.config("dave").with_device("desktop"))
+        .await
+        .unwrap();
+    desktop.join(ROOM, None).await.unwrap();
     dave.abort();
+    let flicker = carol
+        .wait_for(GRACE + Duration::from_millis(1500), |e| mentions(e, "dave"))
+        .await;
+    assert!(flicker.is_none(), "diff while a device stayed: {flicker:?}");
+    assert_eq!(http_room_presence(&node, ROOM).await, vec!["carol", "dave"]);
+    let devices = desktop.presence(ROOM).await.unwrap();
+    let dave_devices: Vec<&str> = devices
+        .iter()
+        .filter(|u| u.user == "dave")
+        .flat_map(|u| u.devices.iter().map(|d| d.device.as_str()))
+        .collect();
+    assert_eq!(
+        dave_devices,
+        vec!["desktop"],
+        "the dropped device is still listed"
+    );
+
+    let dropped = Instant::now();
+    desktop.abort();
     // Not before the grace...
     let early = carol
         .wait_for(GRACE.mul_f32(0.75), |e| mentions(e, "dave"))
