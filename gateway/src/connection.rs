@@ -386,6 +386,9 @@ impl Conn {
                 })
                 .await?;
             }
+            let rooms: Vec<String> = self.rooms.keys().map(|k| k.to_string()).collect();
+            node.settle_session(&self.session, self.generation, &rooms, &self.ident.user)
+                .await;
         }
         Ok(())
     }
@@ -1005,12 +1008,8 @@ impl Conn {
             self.drop_room(key).await;
         }
         if let Some(entry) = self.entry.take() {
-            self.node.detach_session(
-                self.session.clone(),
-                self.generation,
-                keys.iter().map(|k| k.to_string()).collect(),
-                entry.user,
-            );
+            self.node
+                .detach_session(self.session.clone(), self.generation, entry.user);
         }
     }
 

@@ -155,17 +155,43 @@ impl Node {
     }
 
     /// Attach a connection to a session (new or resumed); returns its generation.
+    /// The session's rooms are kept: a resumed session stays present in them
+    /// until `settle_session` says which ones the new connection re-joined.
     pub async fn attach_session(&self, entry: PresenceEntry) -> u64 {
         let generation = {
             let mut slot = self.sessions.entry(entry.session.clone()).or_default();
             slot.generation += 1;
-            slot.rooms.clear();
             slot.generation
         };
         if let Err(e) = self.presence.connect(entry).await {
             warn!(error = %e, "presence connect failed");
         }
         generation
+    }
+
+    /// A resumed connection finished re-joining `rooms`: the session leaves the
+    /// rooms its previous connection had and this one did not take back.
+    pub async fn settle_session(
+        &self,
+        session: &str,
+        generation: u64,
+        rooms: &[String],
+        user: &str,
+    ) {
+        let stale: Vec<String> = match self.sessions.get_mut(session) {
+            Some(mut slot) if slot.generation == generation => {
+                let keep: HashSet<String> = rooms.iter().cloned().collect();
+                let stale = slot.rooms.difference(&keep).cloned().collect();
+                slot.rooms = keep;
+                stale
+            }
+            _ => return,
+        };
+        for room in stale {
+            if let Ok(true) = self.presence.leave(&room, session).await {
+                self.broadcast_left(&room, user).await;
+            }
+        }
     }
 
     /// A connection of `session` entered a room: presence join, diff if the user
@@ -219,15 +245,9 @@ impl Node {
     }
 
     /// A connection of a session ended. After the grace period, unless the session
-    /// was resumed, its presence goes; if it was resumed, only the rooms the new
-    /// connection did not re-join go.
-    pub fn detach_session(
-        self: &Arc<Self>,
-        session: String,
-        generation: u64,
-        rooms: Vec<String>,
-        user: String,
-    ) {
+    /// was resumed meanwhile (a newer generation attached, which settles the
+    /// rooms itself), its presence goes.
+    pub fn detach_session(self: &Arc<Self>, session: String, generation: u64, user: String) {
         let node = self.clone();
         let grace = self.cfg.presence_grace();
         tokio::spawn(async move {
@@ -237,32 +257,20 @@ impl Node {
                 _ = tokio::time::sleep(grace) => {}
                 _ = crate::node::wait_true(&mut shutdown) => {}
             }
-            let resumed_rooms = {
-                match node.sessions.get(&session) {
-                    Some(slot) if slot.generation != generation => Some(slot.rooms.clone()),
-                    _ => None,
-                }
-            };
-            match resumed_rooms {
-                None => {
-                    node.sessions
-                        .remove_if(&session, |_, s| s.generation == generation);
-                    match node.presence.disconnect(&session).await {
-                        Ok(offline) => {
-                            for room in offline {
-                                node.broadcast_left(&room, &user).await;
-                            }
-                        }
-                        Err(e) => warn!(error = %e, "presence disconnect failed"),
+            let removed = node
+                .sessions
+                .remove_if(&session, |_, s| s.generation == generation)
+                .is_some();
+            if !removed {
+                return;
+            }
+            match node.presence.disconnect(&session).await {
+                Ok(offline) => {
+                    for room in offline {
+                        node.broadcast_left(&room, &user).await;
                     }
                 }
-                Some(current) => {
-                    for room in rooms.iter().filter(|r| !current.contains(*r)) {
-                        if let Ok(true) = node.presence.leave(room, &session).await {
-                            node.broadcast_left(room, &user).await;
-                        }
-                    }
-                }
+                Err(e) => warn!(error = %e, "presence disconnect failed"),
             }
         });
     }

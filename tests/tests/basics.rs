@@ -70,3 +70,47 @@ async fn retention_trims_by_count_and_keeps_seqs() {
         .unwrap();
     assert_eq!(ack.seq, 21);
 }
+
+/// A resume that takes back only some rooms: the user leaves the others at
+/// once (no grace needed: the client chose), and stays, without flicker, in the
+/// ones it took back.
+#[tokio::test]
+async fn resume_leaves_the_rooms_not_taken_back() {
+    use chorus_protocol::client::Client;
+    let node = GatewayProcess::start(&["--presence-grace-ms", "60000"]);
+    let alice = node.connect("alice").await;
+    alice.join("kept", None).await.unwrap();
+    alice.join("dropped", None).await.unwrap();
+    let mut in_kept = node.connect("bob").await;
+    in_kept.join("kept", None).await.unwrap();
+    let mut in_dropped = node.connect("carol").await;
+    in_dropped.join("dropped", None).await.unwrap();
+    let mut state = alice.resume_state();
+    state.rooms = [("kept".to_string(), 0)].into();
+    alice.abort();
+    let alice = Client::connect_resume(node.config("alice"), state)
+        .await
+        .unwrap();
+    assert!(alice.welcome().resumed);
+    let left = in_dropped
+        .wait_for(
+            Duration::from_secs(5),
+            |e| matches!(e, Event::PresenceDiff { left, .. } if left == &["alice".to_string()]),
+        )
+        .await;
+    assert!(
+        left.is_some(),
+        "carol sees alice leave the room the resume dropped"
+    );
+    let diff = in_kept
+        .wait_for(Duration::from_secs(1), |e| {
+            matches!(e, Event::PresenceDiff { .. })
+        })
+        .await;
+    assert!(
+        diff.is_none(),
+        "bob sees no flicker in the room alice took back: {diff:?}"
+    );
+    let users = in_kept.presence("kept").await.unwrap();
+    assert!(users.iter().any(|u| u.user == "alice"));
+}
