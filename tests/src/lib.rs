@@ -190,7 +190,7 @@ fn spawn(args: &[String]) -> (Child, String) {
             .args(args)
             .env(
                 "CHORUS_LOG",
-                std::env::var("CHORUS_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("CHORUS_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
