@@ -28,6 +28,41 @@ pub struct Config {
     #[arg(long, env = "CHORUS_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Redis URL: switches on cluster mode (with --database-url).
+    #[arg(long, env = "CHORUS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// PostgreSQL URL for history in cluster mode (with --redis-url).
+    #[arg(long, env = "CHORUS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Prefix of every Redis key and channel (one cluster per prefix).
+    #[arg(long, env = "CHORUS_REDIS_PREFIX", default_value = "chorus:")]
+    pub redis_prefix: String,
+
+    /// Room ownership lease in Redis, milliseconds: a dead owner's rooms move to
+    /// another node within about this long.
+    #[arg(long, env = "CHORUS_OWNER_LEASE_MS", default_value_t = 3_000)]
+    pub owner_lease_ms: u64,
+
+    /// Presence entries expire this long after their node's last refresh,
+    /// milliseconds: a dead node's connections leave presence within it.
+    #[arg(long, env = "CHORUS_PRESENCE_TTL_MS", default_value_t = 10_000)]
+    pub presence_ttl_ms: u64,
+
+    /// Time a send forwarded to the room's owner may take before it is retried, milliseconds.
+    #[arg(long, env = "CHORUS_FORWARD_TIMEOUT_MS", default_value_t = 2_000)]
+    pub forward_timeout_ms: u64,
+
+    /// How often a node compares the tips of its subscribed rooms with what it
+    /// delivered, to find messages lost at the end of a burst, milliseconds.
+    #[arg(long, env = "CHORUS_TIP_POLL_MS", default_value_t = 1_000)]
+    pub tip_poll_ms: u64,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "CHORUS_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+
     /// HS256 secret for client JWTs.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -204,9 +239,27 @@ impl Config {
                 && self.listen.ip().is_loopback())
     }
 
+    /// Whether this node runs in cluster mode (Redis + PostgreSQL).
+    pub fn cluster(&self) -> bool {
+        self.redis_url.is_some()
+    }
+
     /// Every problem with the configuration, all at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
+        match (&self.redis_url, &self.database_url) {
+            (Some(_), None) | (None, Some(_)) => errs.push(
+                "cluster mode needs both --redis-url and --database-url (PostgreSQL)".into(),
+            ),
+            (Some(_), Some(_)) if self.resume_secret.is_none() => errs.push(
+                "cluster mode needs --resume-secret, shared by every node, so clients can resume on any node"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if self.cluster() && (self.owner_lease_ms < 300 || self.presence_ttl_ms < 300) {
+            errs.push("--owner-lease-ms and --presence-ttl-ms must be at least 300".into());
+        }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.dev_auth() {
             errs.push(format!(
                 "no JWT key configured and {} is not a loopback address: set --jwt-secret or \
@@ -264,6 +317,18 @@ impl Config {
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+    pub fn owner_lease(&self) -> Duration {
+        Duration::from_millis(self.owner_lease_ms)
+    }
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence_ttl_ms)
+    }
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
+    }
+    pub fn tip_poll(&self) -> Duration {
+        Duration::from_millis(self.tip_poll_ms.max(50))
     }
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)

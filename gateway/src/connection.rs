@@ -773,7 +773,7 @@ impl Conn {
             body,
             meta,
         };
-        let rx = self.node.sequencer.enqueue(req).map_err(send_fail)?;
+        let rx = self.node.router.submit(req).map_err(send_fail)?;
         let timeout = self.node.cfg.send_timeout();
         self.pending.push(Box::pin(async move {
             (id, room, cid, await_ack(rx, timeout).await)

@@ -194,9 +194,9 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    match node.store.ping().await {
+    match node.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
 }
 
@@ -458,7 +458,7 @@ async fn post_message(
         body: p.body,
         meta: p.meta,
     };
-    match node.sequencer.submit(req).await {
+    match node.router.send(req, node.cfg.send_timeout()).await {
         Ok(a) => Ok(AxumJson(
             json!({"room": room, "seq": a.seq, "id": a.id, "ts": a.ts, "duplicate": a.duplicate}),
         )),

@@ -7,8 +7,12 @@
 //! - `connection`: one WebSocket: handshake, requests, delivery, heartbeats.
 //! - `hub`: local room membership and fan-out into bounded per-connection queues.
 //! - `sequencer`: the room writer (fenced epochs, group commit, publish, ack).
-//! - `broker/`: the fan-out seam (memory now, Redis in cluster mode).
-//! - `presence/`: the presence seam (memory now, Redis in cluster mode).
+//! - `router`: where a send goes (local writer or, in cluster mode, the room's
+//!   owner through its Redis inbox), with retries that stay idempotent.
+//! - `ownership`: room ownership leases in Redis (a routing hint; the store's
+//!   epoch is the fence).
+//! - `broker/`: the fan-out seam (memory; Redis pub/sub with gap recovery).
+//! - `presence/`: the presence seam (memory; Redis with expiry).
 //! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
 //! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
@@ -21,8 +25,10 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod ownership;
 pub mod presence;
 pub mod ratelimit;
+pub mod router;
 pub mod sequencer;
 
 pub use config::Config;

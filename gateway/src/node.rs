@@ -1,13 +1,15 @@
 //! The node: everything one gateway process shares between its connections and
 //! its HTTP API, wired from the configuration, plus the drain on shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use chorus_history::{HistoryStore, Position, Retention, SqliteStore};
+use chorus_history::{
+    HistoryStore, PostgresOptions, PostgresStore, Position, Retention, SqliteStore,
+};
 use chorus_protocol::{CloseCode, Receipt, ServerFrame};
 use dashmap::DashMap;
 use tokio::sync::watch;
@@ -15,20 +17,38 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::auth::{Auth, now_ms, public_name};
+use crate::broker::redis::{RedisBroker, command_client};
 use crate::broker::{Broker, MemoryBroker};
+use crate::ownership::Ownership;
+use crate::router::{Forwarder, Router};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
-use crate::presence::{MemoryPresence, Presence, PresenceEntry};
+use crate::presence::{LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined};
 use crate::sequencer::{Sequencer, SequencerConfig};
 
-/// Presence bookkeeping of one session, kept across its connections so a resume
-/// within the grace period causes no leave/join.
-#[derive(Debug, Default)]
+/// What this node knows of a session it holds (a live connection, or one in
+/// its presence grace period). The presence seam has the authoritative state,
+/// shared by every node (generation, rooms); this copy is what the heartbeat
+/// refreshes there, and re-creates if the seam lost it.
+#[derive(Debug)]
 struct SessionSlot {
-    /// Bumped by every connection that attaches to the session.
+    /// Generation of the newest connection of the session on this node.
     generation: u64,
-    /// Rooms the newest connection of the session is in.
+    /// That connection's presence entry.
+    entry: PresenceEntry,
+    /// Rooms the newest connection of the session is in (plus, until it
+    /// settles, those of the connection it resumed).
     rooms: HashSet<String>,
+}
+
+/// The cluster-mode parts of a node.
+pub struct ClusterParts {
+    pub redis: Arc<RedisBroker>,
+    pub ownership: Arc<Ownership>,
+    /// Redis command client (ownership, forwards).
+    pub client: fred::prelude::Client,
+    /// Rooms the writer must re-claim (shared with `ownership`).
+    pub reclaim: Arc<DashMap<String, ()>>,
 }
 
 /// Shared state of one gateway process.
@@ -42,6 +62,10 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
     pub sequencer: Sequencer,
+    /// Where sends go: the local writer, or the room's owner in cluster mode.
+    pub router: Router,
+    /// Cluster-mode parts (Redis broker, room ownership), if configured.
+    pub cluster: Option<ClusterParts>,
     /// Session id -> presence slot (see `SessionSlot`).
     sessions: DashMap<String, SessionSlot>,
     /// User key -> open connections on this node.
@@ -57,35 +81,106 @@ pub struct Node {
 }
 
 impl Node {
-    /// Open the store, start the writer and the background tasks.
+    /// Open the store, connect the seams the configuration asks for (embedded:
+    /// SQLite and in-process; cluster: PostgreSQL and Redis), start the writer
+    /// and the background tasks.
     pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
-        let store: Arc<dyn HistoryStore> =
-            Arc::new(SqliteStore::open(&cfg.data_dir.join("chorus.db")).await?);
-        Node::with_store(cfg, store)
-    }
-
-    /// Build a node around an opened store (embedded seams: memory broker and presence).
-    pub fn with_store(cfg: Config, store: Arc<dyn HistoryStore>) -> anyhow::Result<Arc<Node>> {
-        let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
         let id = cfg
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
-        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
+        match (cfg.redis_url.clone(), cfg.database_url.clone()) {
+            (Some(redis_url), Some(database_url)) => {
+                let store: Arc<dyn HistoryStore> = Arc::new(
+                    PostgresStore::connect_with(
+                        &database_url,
+                        PostgresOptions { max_connections: cfg.database_pool, ..Default::default() },
+                    )
+                    .await?,
+                );
+                let (redis, client) = RedisBroker::connect(
+                    &redis_url,
+                    cfg.redis_prefix.clone(),
+                    id.clone(),
+                    hub.clone(),
+                    store.clone(),
+                )
+                .await?;
+                let presence: Arc<dyn Presence> = Arc::new(RedisPresence::new(
+                    command_client(&redis_url).await?,
+                    cfg.redis_prefix.clone(),
+                    cfg.presence_ttl(),
+                ));
+                let reclaim = Arc::new(DashMap::new());
+                let ownership = Arc::new(Ownership::new(
+                    client.clone(),
+                    cfg.redis_prefix.clone(),
+                    id.clone(),
+                    cfg.owner_lease(),
+                    reclaim.clone(),
+                ));
+                let cluster = ClusterParts { redis: redis.clone(), ownership, client, reclaim };
+                Node::assemble(cfg, id, hub, store, redis, presence, Some(cluster))
+            }
+            _ => {
+                let store: Arc<dyn HistoryStore> =
+                    Arc::new(SqliteStore::open(&cfg.data_dir.join("chorus.db")).await?);
+                let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+                let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
+                Node::assemble(cfg, id, hub, store, broker, presence, None)
+            }
+        }
+    }
+
+    /// Wire a node from its seams and start its tasks.
+    fn assemble(
+        cfg: Config,
+        id: String,
+        hub: Arc<Hub>,
+        store: Arc<dyn HistoryStore>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        cluster: Option<ClusterParts>,
+    ) -> anyhow::Result<Arc<Node>> {
+        let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let on_fenced: Option<Arc<dyn Fn(&str) + Send + Sync>> = cluster.as_ref().map(|c| {
+            let ownership = c.ownership.clone();
+            Arc::new(move |room: &str| ownership.invalidate(room)) as Arc<dyn Fn(&str) + Send + Sync>
+        });
         let (sequencer, writer_task) = Sequencer::spawn(
             SequencerConfig {
                 batch_max: cfg.batch_max,
                 queue: cfg.writer_queue,
                 send_timeout: cfg.send_timeout(),
                 idle_room: Duration::from_secs(600),
+                reclaim: cluster.as_ref().map(|c| c.reclaim.clone()).unwrap_or_default(),
+                on_fenced,
             },
             store.clone(),
             broker.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         );
+        let router = match &cluster {
+            None => Router::Local(sequencer.clone()),
+            Some(c) => {
+                let f = Forwarder::spawn(
+                    id.clone(),
+                    cfg.redis_prefix.clone(),
+                    c.client.clone(),
+                    c.ownership.clone(),
+                    sequencer.clone(),
+                    cfg.writer_queue,
+                    cfg.forward_timeout(),
+                    cfg.send_timeout(),
+                    shutdown_rx.clone(),
+                );
+                c.redis.set_forwarder(f.clone());
+                tokio::spawn(c.redis.clone().run(cfg.tip_poll(), shutdown_rx.clone()));
+                Router::Cluster(f)
+            }
+        };
         let node = Arc::new(Node {
             cfg,
             id,
@@ -95,6 +190,8 @@ impl Node {
             broker,
             presence,
             sequencer,
+            router,
+            cluster,
             sessions: DashMap::new(),
             user_conns: DashMap::new(),
             receipts: Mutex::new(HashMap::new()),
@@ -106,7 +203,22 @@ impl Node {
         });
         tokio::spawn(receipt_loop(node.clone()));
         tokio::spawn(retention_loop(node.clone()));
+        if node.cluster.is_some() {
+            tokio::spawn(lease_loop(node.clone()));
+        }
         Ok(node)
+    }
+
+    /// Whether the node's dependencies answer (for `/readyz`): the history
+    /// store, and Redis in cluster mode.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.ping().await.map_err(|e| format!("history: {e}"))?;
+        if let Some(c) = &self.cluster
+            && !c.redis.is_connected()
+        {
+            return Err("redis: not connected".into());
+        }
+        Ok(())
     }
 
     /// A fresh connection id.
@@ -154,23 +266,41 @@ impl Node {
         metrics::gauge!("chorus_connections").set(self.connections() as f64);
     }
 
-    /// Attach a connection to a session (new or resumed); returns its generation.
-    /// The session's rooms are kept: a resumed session stays present in them
-    /// until `settle_session` says which ones the new connection re-joined.
+    /// Attach a connection to a session (new or resumed, from this node or any
+    /// other); returns its generation. The session's rooms are kept: a resumed
+    /// session stays present in them until `settle_session` says which ones the
+    /// new connection re-joined.
     pub async fn attach_session(&self, entry: PresenceEntry) -> u64 {
-        let generation = {
-            let mut slot = self.sessions.entry(entry.session.clone()).or_default();
-            slot.generation += 1;
-            slot.generation
+        let generation = match self.presence.attach(entry.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "presence attach failed");
+                // Above the generations the seam hands out before now (see
+                // `presence/lua/attach.lua`), so the heartbeat's `refresh`
+                // adopts it and registers the session once the seam is back.
+                (now_ms().max(0) as u64).saturating_mul(1000)
+            }
         };
-        if let Err(e) = self.presence.connect(entry).await {
-            warn!(error = %e, "presence connect failed");
+        match self.sessions.entry(entry.session.clone()) {
+            dashmap::Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                slot.generation = generation;
+                slot.entry = entry;
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(SessionSlot {
+                    generation,
+                    entry,
+                    rooms: HashSet::new(),
+                });
+            }
         }
         generation
     }
 
     /// A resumed connection finished re-joining `rooms`: the session leaves the
-    /// rooms its previous connection had and this one did not take back.
+    /// rooms its previous connection had and this one did not take back (unless
+    /// a newer connection attached meanwhile, which settles itself).
     pub async fn settle_session(
         &self,
         session: &str,
@@ -178,19 +308,18 @@ impl Node {
         rooms: &[String],
         user: &str,
     ) {
-        let stale: Vec<String> = match self.sessions.get_mut(session) {
-            Some(mut slot) if slot.generation == generation => {
-                let keep: HashSet<String> = rooms.iter().cloned().collect();
-                let stale = slot.rooms.difference(&keep).cloned().collect();
-                slot.rooms = keep;
-                stale
+        if let Some(mut slot) = self.sessions.get_mut(session)
+            && slot.generation == generation
+        {
+            slot.rooms = rooms.iter().cloned().collect();
+        }
+        match self.presence.settle(session, generation, rooms).await {
+            Ok(offline) => {
+                for room in offline {
+                    self.broadcast_left(&room, user).await;
+                }
             }
-            _ => return,
-        };
-        for room in stale {
-            if let Ok(true) = self.presence.leave(&room, session).await {
-                self.broadcast_left(&room, user).await;
-            }
+            Err(e) => warn!(error = %e, "presence settle failed"),
         }
     }
 
@@ -236,17 +365,21 @@ impl Node {
     }
 
     async fn broadcast_left(&self, room: &str, user: &str) {
+        self.broadcast_left_users(room, vec![user.to_owned()]).await;
+    }
+
+    async fn broadcast_left_users(&self, room: &str, users: Vec<String>) {
         let frame = ServerFrame::PresenceDiff {
             room: public_name(room).to_owned(),
             joined: vec![],
-            left: vec![user.to_owned()],
+            left: users,
         };
         self.broadcast(room, &frame, None).await;
     }
 
     /// A connection of a session ended. After the grace period, unless the session
-    /// was resumed meanwhile (a newer generation attached, which settles the
-    /// rooms itself), its presence goes.
+    /// was resumed meanwhile (a newer generation attached, on this node or any
+    /// other, which settles the rooms itself), its presence goes.
     pub fn detach_session(self: &Arc<Self>, session: String, generation: u64, user: String) {
         let node = self.clone();
         let grace = self.cfg.presence_grace();
@@ -257,22 +390,97 @@ impl Node {
                 _ = tokio::time::sleep(grace) => {}
                 _ = crate::node::wait_true(&mut shutdown) => {}
             }
-            let removed = node
-                .sessions
-                .remove_if(&session, |_, s| s.generation == generation)
-                .is_some();
-            if !removed {
-                return;
-            }
-            match node.presence.disconnect(&session).await {
-                Ok(offline) => {
+            // Stop refreshing first: a heartbeat that already took its snapshot
+            // finds the tombstone `expire_if` leaves and does not bring the
+            // session back, and a resume attaching on this node meanwhile keeps
+            // its slot (its generation differs).
+            node.sessions
+                .remove_if(&session, |_, s| s.generation == generation);
+            match node.presence.expire_if(&session, generation).await {
+                Ok(Some(offline)) => {
                     for room in offline {
                         node.broadcast_left(&room, &user).await;
                     }
                 }
-                Err(e) => warn!(error = %e, "presence disconnect failed"),
+                Ok(None) => {}
+                // Its entries expire by themselves; `sweep` announces the leaves.
+                Err(e) => warn!(error = %e, "presence expire failed"),
             }
         });
+    }
+
+    /// One presence heartbeat: refresh this node's sessions in the seam (which
+    /// puts back whatever it lost; users who thereby came back into a room are
+    /// announced as joined), then sweep the rooms this node has sessions in and
+    /// announce the users whose entries expired (another node died or stalled).
+    pub async fn presence_heartbeat(&self) {
+        let live: Vec<LiveSession> = self
+            .sessions
+            .iter()
+            .map(|s| LiveSession {
+                entry: s.entry.clone(),
+                generation: s.generation,
+                rooms: s.rooms.iter().cloned().collect(),
+            })
+            .collect();
+        match self.presence.refresh(&live).await {
+            Ok(rejoined) => {
+                let entries: HashMap<&str, &PresenceEntry> = live
+                    .iter()
+                    .map(|s| (s.entry.session.as_str(), &s.entry))
+                    .collect();
+                let mut by_room: BTreeMap<String, Vec<chorus_protocol::PresenceUser>> =
+                    BTreeMap::new();
+                for Rejoined { room, session } in rejoined {
+                    if let Some(e) = entries.get(session.as_str()) {
+                        by_room
+                            .entry(room)
+                            .or_default()
+                            .push(chorus_protocol::PresenceUser {
+                                user: e.user.clone(),
+                                devices: vec![e.device_info()],
+                            });
+                    }
+                }
+                for (room, joined) in by_room {
+                    let frame = ServerFrame::PresenceDiff {
+                        room: public_name(&room).to_owned(),
+                        joined,
+                        left: vec![],
+                    };
+                    self.broadcast(&room, &frame, None).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "presence refresh failed"),
+        }
+        let rooms: BTreeSet<String> = live.into_iter().flat_map(|s| s.rooms).collect();
+        for room in rooms {
+            match self.presence.sweep(&room).await {
+                Ok(gone) if gone.is_empty() => {}
+                Ok(gone) => self.broadcast_left_users(&room, gone).await,
+                Err(e) => {
+                    warn!(error = %e, "presence sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Run `presence_heartbeat` every `Presence::refresh_interval` until the
+    /// drain starts; returns at once for a presence whose entries never expire.
+    pub async fn run_presence_heartbeat(self: Arc<Self>) {
+        let Some(every) = self.presence.refresh_interval() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.presence_heartbeat().await,
+                _ = crate::node::wait_true(&mut shutdown) => break,
+            }
+        }
     }
 
     /// Serialise a frame once and broadcast it to a room on every node.
@@ -341,6 +549,10 @@ impl Node {
             warn!("writer did not finish before the drain deadline");
         }
         self.flush_receipts().await;
+        if let Some(c) = &self.cluster {
+            // Hand the rooms over at once instead of after the lease expires.
+            c.ownership.release_all().await;
+        }
         info!(connections = self.connections(), "drained");
     }
 
@@ -389,6 +601,20 @@ async fn receipt_loop(node: Arc<Node>) {
         tokio::select! {
             _ = tick.tick() => node.flush_receipts().await,
             _ = crate::node::wait_true(&mut shutdown) => break,
+        }
+    }
+}
+
+/// Renew this node's room leases (cluster mode); release rooms idle a minute.
+async fn lease_loop(node: Arc<Node>) {
+    let Some(c) = node.cluster.as_ref() else { return };
+    let ownership = c.ownership.clone();
+    let mut tick = tokio::time::interval(node.cfg.owner_lease() / 3);
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => ownership.renew(Duration::from_secs(60)).await,
+            _ = wait_true(&mut shutdown) => break,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
 use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
 use chorus_protocol::{ErrorCode, Json, Message, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,8 +25,8 @@ use tracing::{debug, warn};
 use crate::auth::{now_ms, public_name};
 use crate::broker::Broker;
 
-/// A message to sequence.
-#[derive(Debug)]
+/// A message to sequence (also the body of a send forwarded to a room's owner).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SendRequest {
     /// Tenant-namespaced room key.
     pub room: String,
@@ -78,7 +79,8 @@ impl From<StoreError> for SendError {
     }
 }
 
-type Reply = oneshot::Sender<Result<Acked, SendError>>;
+/// Where a send's outcome goes.
+pub type Reply = oneshot::Sender<Result<Acked, SendError>>;
 
 /// Handle to the writer task.
 #[derive(Clone)]
@@ -88,7 +90,7 @@ pub struct Sequencer {
 }
 
 /// Tuning of the writer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SequencerConfig {
     /// Most messages per group commit.
     pub batch_max: usize,
@@ -98,6 +100,11 @@ pub struct SequencerConfig {
     pub send_timeout: Duration,
     /// Forget (and later re-claim) rooms idle this long, bounding the epoch map.
     pub idle_room: Duration,
+    /// Rooms whose epoch must be claimed again before the next commit (this node
+    /// took the room anew; see `ownership`). Empty in embedded mode.
+    pub reclaim: Arc<DashMap<String, ()>>,
+    /// Called with a room whose batch was fenced (another node writes it now).
+    pub on_fenced: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl Sequencer {
@@ -133,6 +140,12 @@ impl Sequencer {
         req: SendRequest,
     ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
         let (reply, rx) = oneshot::channel();
+        self.enqueue_reply(req, reply)?;
+        Ok(rx)
+    }
+
+    /// `enqueue` with the caller's reply channel.
+    pub fn enqueue_reply(&self, req: SendRequest, reply: Reply) -> Result<(), SendError> {
         self.tx.try_send((req, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 SendError::Unavailable("writer queue full".into())
@@ -140,8 +153,7 @@ impl Sequencer {
             mpsc::error::TrySendError::Closed(_) => {
                 SendError::Unavailable("node is draining".into())
             }
-        })?;
-        Ok(rx)
+        })
     }
 
     /// Sequence one message and wait for its ack.
@@ -288,6 +300,9 @@ impl Writer {
                     metrics::counter!("chorus_fenced_batches_total").increment(1);
                     warn!(%room, current_epoch, "room writer fenced");
                     self.rooms.remove(&room);
+                    if let Some(hook) = &self.cfg.on_fenced {
+                        hook(&room);
+                    }
                     fail_all(reqs, SendError::NotOwner);
                 }
                 RoomOutcome::Committed(appended) => {
@@ -339,6 +354,9 @@ impl Writer {
 
     /// The epoch of a room this node writes, claiming it first if needed.
     async fn epoch(&mut self, room: &str) -> Result<u64, StoreError> {
+        if self.cfg.reclaim.remove(room).is_some() {
+            self.rooms.remove(room);
+        }
         if let Some(o) = self.rooms.get_mut(room) {
             o.last_used = Instant::now();
             return Ok(o.epoch);

@@ -3,14 +3,17 @@
 //! Layout:
 //! - [`store`]: the `HistoryStore` contract and its types.
 //! - [`sqlite`]: the embedded backend (SQLite in WAL mode via sqlx).
+//! - [`postgres`]: the cluster backend (PostgreSQL via a sqlx pool).
 //! - [`contract`]: the behaviour suite every backend runs.
 //!
 //! Migrations live in `migrations/<backend>/`.
 
 pub mod contract;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use store::{
     Appended, HistoryStore, Membership, NewMessage, Position, ReadRange, Retention, RoomBatch,

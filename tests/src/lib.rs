@@ -6,6 +6,8 @@
 //!   by PID when dropped, also when a test fails.
 //! - [`binary`]: where the `chorus` binary is (built on first use if missing).
 //! - [`token`]: HS256 JWTs for tests.
+//! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
+//!   PID when dropped and when the test process exits.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_protocol::client::{Client, ClientConfig};
+
+pub mod cluster;
+pub mod services;
 
 /// The secret every test node uses for client JWTs.
 pub const JWT_SECRET: &str = "test-secret-0123456789";

@@ -4,6 +4,7 @@
 //! mode adds Redis pub/sub.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;

@@ -2,27 +2,42 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chorus_protocol::PresenceUser;
 
-use super::{Presence, PresenceEntry, PresenceError, UserDevice};
+use super::{LiveSession, Presence, PresenceEntry, PresenceError, Rejoined, UserDevice};
+
+/// One attached session.
+struct Session {
+    entry: PresenceEntry,
+    /// From `Inner::generations` at its newest `attach`.
+    generation: u64,
+    /// Room keys the session is in.
+    rooms: BTreeSet<String>,
+}
 
 #[derive(Default)]
 struct Inner {
-    /// Session -> its entry and the rooms it is in.
-    sessions: HashMap<String, (PresenceEntry, BTreeSet<String>)>,
+    /// Session -> its entry, generation and rooms.
+    sessions: HashMap<String, Session>,
     /// Room key -> user -> sessions of that user in the room.
     rooms: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// User key -> sessions.
     users: HashMap<String, BTreeSet<String>>,
+    /// The last generation handed out, for any session: one counter for all,
+    /// so a generation is never reused, even after its session was removed.
+    generations: u64,
 }
 
-/// Presence held in this process.
+/// Presence held in this process. Nothing expires: a session goes only through
+/// `expire_if`, so `refresh` and `sweep` have nothing to do.
 ///
 /// One std `Mutex` over three maps that must change together: every operation is
 /// a few map updates with no `.await` inside, presence changes are rare next to
-/// message traffic, and one lock keeps the three views consistent.
+/// message traffic, and one lock keeps the three views consistent (which is what
+/// makes each operation atomic, as the contract asks).
 #[derive(Default)]
 pub struct MemoryPresence {
     inner: Mutex<Inner>,
@@ -37,14 +52,15 @@ impl MemoryPresence {
 }
 
 impl Inner {
+    /// Take a session out of a room; true if its user went offline there.
     fn leave(&mut self, room: &str, session: &str) -> bool {
-        let Some((entry, rooms)) = self.sessions.get_mut(session) else {
+        let Some(s) = self.sessions.get_mut(session) else {
             return false;
         };
-        if !rooms.remove(room) {
+        if !s.rooms.remove(room) {
             return false;
         }
-        let user = entry.user.clone();
+        let user = s.entry.user.clone();
         let Some(users) = self.rooms.get_mut(room) else {
             return false;
         };
@@ -65,29 +81,40 @@ impl Inner {
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    async fn connect(&self, entry: PresenceEntry) -> Result<(), PresenceError> {
+    async fn attach(&self, entry: PresenceEntry) -> Result<u64, PresenceError> {
         let mut g = self.lock();
+        g.generations += 1;
+        let generation = g.generations;
         g.users
             .entry(entry.user_key.clone())
             .or_default()
             .insert(entry.session.clone());
         match g.sessions.get_mut(&entry.session) {
-            Some((e, _)) => *e = entry,
+            Some(s) => {
+                s.entry = entry;
+                s.generation = generation;
+            }
             None => {
-                g.sessions
-                    .insert(entry.session.clone(), (entry, BTreeSet::new()));
+                g.sessions.insert(
+                    entry.session.clone(),
+                    Session {
+                        entry,
+                        generation,
+                        rooms: BTreeSet::new(),
+                    },
+                );
             }
         }
-        Ok(())
+        Ok(generation)
     }
 
     async fn join(&self, room: &str, session: &str) -> Result<bool, PresenceError> {
         let mut g = self.lock();
-        let Some((entry, rooms)) = g.sessions.get_mut(session) else {
+        let Some(s) = g.sessions.get_mut(session) else {
             return Err(PresenceError(format!("session {session} is not connected")));
         };
-        rooms.insert(room.to_owned());
-        let user = entry.user.clone();
+        s.rooms.insert(room.to_owned());
+        let user = s.entry.user.clone();
         let users = g.rooms.entry(room.to_owned()).or_default();
         let sessions = users.entry(user).or_default();
         let first = sessions.is_empty();
@@ -99,22 +126,59 @@ impl Presence for MemoryPresence {
         Ok(self.lock().leave(room, session))
     }
 
-    async fn disconnect(&self, session: &str) -> Result<Vec<String>, PresenceError> {
+    async fn settle(
+        &self,
+        session: &str,
+        generation: u64,
+        rooms: &[String],
+    ) -> Result<Vec<String>, PresenceError> {
+        let mut g = self.lock();
+        let stale: Vec<String> = match g.sessions.get(session) {
+            Some(s) if s.generation == generation => s
+                .rooms
+                .iter()
+                .filter(|r| !rooms.contains(r))
+                .cloned()
+                .collect(),
+            _ => return Ok(Vec::new()),
+        };
+        Ok(stale.into_iter().filter(|r| g.leave(r, session)).collect())
+    }
+
+    async fn expire_if(
+        &self,
+        session: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<String>>, PresenceError> {
         let mut g = self.lock();
         let rooms: Vec<String> = match g.sessions.get(session) {
-            Some((_, rooms)) => rooms.iter().cloned().collect(),
-            None => return Ok(Vec::new()),
+            Some(s) if s.generation == generation => s.rooms.iter().cloned().collect(),
+            _ => return Ok(None),
         };
         let offline = rooms.into_iter().filter(|r| g.leave(r, session)).collect();
-        if let Some((entry, _)) = g.sessions.remove(session)
-            && let Some(s) = g.users.get_mut(&entry.user_key)
+        if let Some(s) = g.sessions.remove(session)
+            && let Some(set) = g.users.get_mut(&s.entry.user_key)
         {
-            s.remove(session);
-            if s.is_empty() {
-                g.users.remove(&entry.user_key);
+            set.remove(session);
+            if set.is_empty() {
+                g.users.remove(&s.entry.user_key);
             }
         }
-        Ok(offline)
+        Ok(Some(offline))
+    }
+
+    async fn refresh(&self, _live: &[LiveSession]) -> Result<Vec<Rejoined>, PresenceError> {
+        // Nothing here expires or gets lost, so there is nothing to extend or put
+        // back (and putting back a session `expire_if` just removed would be wrong).
+        Ok(Vec::new())
+    }
+
+    async fn sweep(&self, _room: &str) -> Result<Vec<String>, PresenceError> {
+        Ok(Vec::new())
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        None
     }
 
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError> {
@@ -128,7 +192,7 @@ impl Presence for MemoryPresence {
                 user: user.clone(),
                 devices: sessions
                     .iter()
-                    .filter_map(|s| g.sessions.get(s).map(|(e, _)| e.device_info()))
+                    .filter_map(|s| g.sessions.get(s).map(|s| s.entry.device_info()))
                     .collect(),
             })
             .collect())
@@ -142,15 +206,15 @@ impl Presence for MemoryPresence {
         Ok(sessions
             .iter()
             .filter_map(|s| g.sessions.get(s))
-            .map(|(e, rooms)| UserDevice {
-                info: e.device_info(),
-                rooms: rooms.iter().cloned().collect(),
+            .map(|s| UserDevice {
+                info: s.entry.device_info(),
+                rooms: s.rooms.iter().cloned().collect(),
             })
             .collect())
     }
 
     async fn session(&self, session: &str) -> Result<Option<PresenceEntry>, PresenceError> {
-        Ok(self.lock().sessions.get(session).map(|(e, _)| e.clone()))
+        Ok(self.lock().sessions.get(session).map(|s| s.entry.clone()))
     }
 }
 
@@ -173,8 +237,8 @@ mod tests {
     #[tokio::test]
     async fn user_level_transitions() {
         let p = MemoryPresence::default();
-        p.connect(entry("s1", "alice", "phone")).await.unwrap();
-        p.connect(entry("s2", "alice", "desktop")).await.unwrap();
+        let g1 = p.attach(entry("s1", "alice", "phone")).await.unwrap();
+        let g2 = p.attach(entry("s2", "alice", "desktop")).await.unwrap();
         assert!(
             p.join("r", "s1").await.unwrap(),
             "first device brings alice online"
@@ -184,14 +248,35 @@ mod tests {
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].devices.len(), 2);
         assert!(!p.leave("r", "s1").await.unwrap(), "desktop still there");
-        assert_eq!(p.disconnect("s2").await.unwrap(), vec!["r".to_string()]);
+        assert_eq!(
+            p.expire_if("s2", g2).await.unwrap(),
+            Some(vec!["r".to_string()])
+        );
         assert!(p.room("r").await.unwrap().is_empty());
         assert_eq!(
             p.user("alice").await.unwrap().len(),
             1,
             "s1 still connected"
         );
-        assert!(p.disconnect("s1").await.unwrap().is_empty());
+        assert_eq!(p.expire_if("s1", g1).await.unwrap(), Some(vec![]));
         assert!(p.user("alice").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_superseded_generation_changes_nothing() {
+        let p = MemoryPresence::default();
+        let g1 = p.attach(entry("s1", "alice", "phone")).await.unwrap();
+        p.join("a", "s1").await.unwrap();
+        p.join("b", "s1").await.unwrap();
+        let g2 = p.attach(entry("s1", "alice", "phone")).await.unwrap();
+        assert!(g2 > g1);
+        assert!(p.settle("s1", g1, &[]).await.unwrap().is_empty());
+        assert_eq!(p.expire_if("s1", g1).await.unwrap(), None);
+        assert_eq!(p.room("b").await.unwrap().len(), 1);
+        assert_eq!(
+            p.settle("s1", g2, &["a".to_string()]).await.unwrap(),
+            vec!["b".to_string()]
+        );
+        assert_eq!(p.user("alice").await.unwrap()[0].rooms, vec!["a"]);
     }
 }

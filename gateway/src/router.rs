@@ -1,0 +1,324 @@
+//! Where a send goes: this node's writer, or the room's owner elsewhere.
+//!
+//! Embedded mode: straight to the local writer. Cluster mode: one routing task
+//! per node takes sends in submission order (so one connection's pipelined sends
+//! keep their order), finds each room's owner (`ownership`), and either queues
+//! the send on the local writer or forwards it to the owner's inbox channel.
+//! The owner sequences it and answers on this node's inbox; a forward that gets
+//! `not_owner` or no answer in time is routed again (same `cid`, so a send that
+//! did commit is acked as the original, never stored twice).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chorus_protocol::ErrorCode;
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::ownership::{Owner, Ownership};
+use crate::sequencer::{Acked, Reply, SendError, SendRequest, Sequencer, await_ack};
+
+/// Routes sends to their room's writer.
+#[derive(Clone)]
+pub enum Router {
+    /// Every room is written here.
+    Local(Sequencer),
+    /// Rooms are written by their owners.
+    Cluster(Arc<Forwarder>),
+}
+
+impl Router {
+    /// Queue a send without waiting; sends submitted in order are routed in order.
+    pub fn submit(&self, req: SendRequest) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
+        match self {
+            Router::Local(s) => s.enqueue(req),
+            Router::Cluster(f) => f.submit(req),
+        }
+    }
+
+    /// Submit and wait for the ack, at most `timeout`.
+    pub async fn send(&self, req: SendRequest, timeout: Duration) -> Result<Acked, SendError> {
+        await_ack(self.submit(req)?, timeout).await
+    }
+}
+
+/// A send on its way, with its retry count.
+struct Job {
+    req: SendRequest,
+    reply: Reply,
+    attempts: u32,
+    /// Give up (timeout) after this.
+    deadline: Instant,
+}
+
+/// A forward waiting for the owner's answer.
+struct InFlight {
+    job: Job,
+    sent: Instant,
+}
+
+/// The answer an owner sends back for a forwarded send.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Ok { seq: u64, id: String, ts: i64, duplicate: bool },
+    Err { code: ErrorCode, message: String },
+}
+
+impl From<Result<Acked, SendError>> for ForwardReply {
+    fn from(r: Result<Acked, SendError>) -> ForwardReply {
+        match r {
+            Ok(a) => ForwardReply::Ok { seq: a.seq, id: a.id, ts: a.ts, duplicate: a.duplicate },
+            Err(e) => ForwardReply::Err { code: e.code(), message: e.to_string() },
+        }
+    }
+}
+
+impl From<ForwardReply> for Result<Acked, SendError> {
+    fn from(r: ForwardReply) -> Result<Acked, SendError> {
+        match r {
+            ForwardReply::Ok { seq, id, ts, duplicate } => Ok(Acked { seq, id, ts, duplicate }),
+            ForwardReply::Err { code, message } => Err(match code {
+                ErrorCode::NotOwner => SendError::NotOwner,
+                ErrorCode::Timeout => SendError::Timeout,
+                ErrorCode::Unavailable => SendError::Unavailable(message),
+                _ => SendError::Internal(message),
+            }),
+        }
+    }
+}
+
+/// Pause before routing a failed forward again: the owner's lease may need to
+/// expire before another node can take the room.
+const RETRY_PAUSE: Duration = Duration::from_millis(150);
+
+/// The cluster router of one node.
+pub struct Forwarder {
+    tx: mpsc::Sender<Job>,
+    node: String,
+    prefix: String,
+    client: Client,
+    ownership: Arc<Ownership>,
+    sequencer: Sequencer,
+    /// Forward id -> the send waiting for its owner's answer. A std Mutex: held
+    /// for one map operation, never across `.await`.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    next_id: AtomicU64,
+    forward_timeout: Duration,
+    send_timeout: Duration,
+}
+
+impl Forwarder {
+    /// Start the routing task; it ends when `shutdown` flips.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        node: String,
+        prefix: String,
+        client: Client,
+        ownership: Arc<Ownership>,
+        sequencer: Sequencer,
+        queue: usize,
+        forward_timeout: Duration,
+        send_timeout: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Forwarder> {
+        let (tx, rx) = mpsc::channel(queue);
+        let f = Arc::new(Forwarder {
+            tx,
+            node,
+            prefix,
+            client,
+            ownership,
+            sequencer,
+            in_flight: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            forward_timeout,
+            send_timeout,
+        });
+        tokio::spawn(f.clone().run(rx, shutdown));
+        f
+    }
+
+    /// A node's inbox channel.
+    pub fn inbox(prefix: &str, node: &str) -> String {
+        format!("{prefix}n:{node}")
+    }
+
+    fn submit(&self, req: SendRequest) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { req, reply, attempts: 0, deadline: Instant::now() + self.send_timeout };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Unavailable("router queue full".into()),
+            mpsc::error::TrySendError::Closed(_) => SendError::Unavailable("node is draining".into()),
+        })?;
+        Ok(rx)
+    }
+
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval((self.forward_timeout / 4).max(Duration::from_millis(20)));
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => self.route(job).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.expire(),
+                _ = crate::node::wait_true(&mut shutdown) => break,
+            }
+        }
+        // Draining: what is still queued or in flight fails retryably; clients
+        // retry on another node with the same cid.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            let _ = job.reply.send(Err(SendError::Unavailable("node is draining".into())));
+        }
+        let left: Vec<InFlight> = self.lock().drain().map(|(_, f)| f).collect();
+        for f in left {
+            let _ = f.job.reply.send(Err(SendError::Unavailable("node is draining".into())));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn route(self: &Arc<Self>, job: Job) {
+        let room = job.req.room.clone();
+        match self.ownership.resolve(&room).await {
+            Ok(Owner::Me) => {
+                if let Err(e) = self.sequencer.enqueue_reply(job.req, job.reply) {
+                    debug!(%room, error = %e, "local writer refused a send");
+                }
+            }
+            Ok(Owner::Other(node)) => self.forward(node, job).await,
+            Err(e) => {
+                metrics::counter!("chorus_redis_errors_total", "op" => "resolve").increment(1);
+                let _ = job.reply.send(Err(SendError::Unavailable(format!("redis: {e}"))));
+            }
+        }
+    }
+
+    async fn forward(self: &Arc<Self>, node: String, job: Job) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = match serde_json::to_string(&job.req) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = job.reply.send(Err(SendError::Internal(e.to_string())));
+                return;
+            }
+        };
+        let payload = format!("F {id} {}\n{body}", self.node);
+        let room = job.req.room.clone();
+        self.lock().insert(id, InFlight { job, sent: Instant::now() });
+        metrics::counter!("chorus_forwards_total").increment(1);
+        let receivers: Result<i64, Error> =
+            self.client.publish(Forwarder::inbox(&self.prefix, &node), payload).await;
+        let failed = match receivers {
+            Ok(0) => Some(format!("owner {node} is not listening")),
+            Ok(_) => None,
+            Err(e) => Some(format!("redis: {e}")),
+        };
+        if let Some(why) = failed {
+            debug!(%room, %node, %why, "forward not delivered");
+            self.ownership.invalidate(&room);
+            if let Some(f) = self.lock().remove(&id) {
+                self.retry(f.job, SendError::Unavailable(why));
+            }
+        }
+    }
+
+    /// An owner answered a forward (from the inbox).
+    pub fn on_reply(self: &Arc<Self>, id: u64, reply: &str) {
+        let Some(f) = self.lock().remove(&id) else {
+            return; // answered after it was retried: the retry decides
+        };
+        let result: Result<Acked, SendError> = match serde_json::from_str::<ForwardReply>(reply) {
+            Ok(r) => r.into(),
+            Err(e) => Err(SendError::Internal(format!("bad forward reply: {e}"))),
+        };
+        match result {
+            Err(SendError::NotOwner) => {
+                self.ownership.invalidate(&f.job.req.room);
+                self.retry(f.job, SendError::NotOwner);
+            }
+            other => {
+                let _ = f.job.reply.send(other);
+            }
+        }
+    }
+
+    /// A send forwarded to this node (from the inbox): sequence it if this node
+    /// owns the room, and answer the sender's node.
+    pub async fn on_forward(self: &Arc<Self>, id: u64, from: String, body: &str) {
+        let req: SendRequest = match serde_json::from_str(body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "undecodable forward");
+                return;
+            }
+        };
+        let owner = self.ownership.resolve(&req.room).await;
+        let rx = match owner {
+            Ok(Owner::Me) => self.sequencer.enqueue(req),
+            Ok(Owner::Other(_)) => Err(SendError::NotOwner),
+            Err(e) => Err(SendError::Unavailable(format!("redis: {e}"))),
+        };
+        let this = self.clone();
+        let timeout = self.send_timeout;
+        tokio::spawn(async move {
+            let result = match rx {
+                Ok(rx) => await_ack(rx, timeout).await,
+                Err(e) => Err(e),
+            };
+            let reply = serde_json::to_string(&ForwardReply::from(result)).unwrap_or_default();
+            let sent: Result<i64, Error> = this
+                .client
+                .publish(Forwarder::inbox(&this.prefix, &from), format!("A {id}\n{reply}"))
+                .await;
+            if let Err(e) = sent {
+                // The sender's node retries after its forward timeout.
+                debug!(error = %e, "answering a forward failed");
+            }
+        });
+    }
+
+    /// Route a failed forward again after a pause, until its deadline.
+    fn retry(self: &Arc<Self>, mut job: Job, why: SendError) {
+        job.attempts += 1;
+        if Instant::now() + RETRY_PAUSE >= job.deadline {
+            let _ = job.reply.send(Err(why));
+            return;
+        }
+        metrics::counter!("chorus_forward_retries_total").increment(1);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_PAUSE * job.attempts.min(4)).await;
+            if let Err(e) = tx.try_send(job) {
+                let job = match e {
+                    mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+                };
+                let _ = job.reply.send(Err(why));
+            }
+        });
+    }
+
+    /// Forwards unanswered for `forward_timeout` are routed again.
+    fn expire(self: &Arc<Self>) {
+        let late: Vec<InFlight> = {
+            let mut map = self.lock();
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, f)| f.sent.elapsed() >= self.forward_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+        };
+        for f in late {
+            self.ownership.invalidate(&f.job.req.room);
+            self.retry(f.job, SendError::Timeout);
+        }
+    }
+}
