@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{
-    HistoryStore, PostgresOptions, PostgresStore, Position, Retention, SqliteStore,
+    HistoryStore, Position, PostgresOptions, PostgresStore, Retention, SqliteStore,
 };
 use chorus_protocol::{CloseCode, Receipt, ServerFrame};
 use dashmap::DashMap;
@@ -19,11 +19,13 @@ use tracing::{info, warn};
 use crate::auth::{Auth, now_ms, public_name};
 use crate::broker::redis::{RedisBroker, command_client};
 use crate::broker::{Broker, MemoryBroker};
-use crate::ownership::Ownership;
-use crate::router::{Forwarder, Router};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
-use crate::presence::{LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined};
+use crate::ownership::Ownership;
+use crate::presence::{
+    LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,
+};
+use crate::router::{Forwarder, Router};
 use crate::sequencer::{Sequencer, SequencerConfig};
 
 /// What this node knows of a session it holds (a live connection, or one in
@@ -95,7 +97,10 @@ impl Node {
                 let store: Arc<dyn HistoryStore> = Arc::new(
                     PostgresStore::connect_with(
                         &database_url,
-                        PostgresOptions { max_connections: cfg.database_pool, ..Default::default() },
+                        PostgresOptions {
+                            max_connections: cfg.database_pool,
+                            ..Default::default()
+                        },
                     )
                     .await?,
                 );
@@ -120,7 +125,12 @@ impl Node {
                     cfg.owner_lease(),
                     reclaim.clone(),
                 ));
-                let cluster = ClusterParts { redis: redis.clone(), ownership, client, reclaim };
+                let cluster = ClusterParts {
+                    redis: redis.clone(),
+                    ownership,
+                    client,
+                    reclaim,
+                };
                 Node::assemble(cfg, id, hub, store, redis, presence, Some(cluster))
             }
             _ => {
@@ -147,7 +157,8 @@ impl Node {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let on_fenced: Option<Arc<dyn Fn(&str) + Send + Sync>> = cluster.as_ref().map(|c| {
             let ownership = c.ownership.clone();
-            Arc::new(move |room: &str| ownership.invalidate(room)) as Arc<dyn Fn(&str) + Send + Sync>
+            Arc::new(move |room: &str| ownership.invalidate(room))
+                as Arc<dyn Fn(&str) + Send + Sync>
         });
         let (sequencer, writer_task) = Sequencer::spawn(
             SequencerConfig {
@@ -155,7 +166,10 @@ impl Node {
                 queue: cfg.writer_queue,
                 send_timeout: cfg.send_timeout(),
                 idle_room: Duration::from_secs(600),
-                reclaim: cluster.as_ref().map(|c| c.reclaim.clone()).unwrap_or_default(),
+                reclaim: cluster
+                    .as_ref()
+                    .map(|c| c.reclaim.clone())
+                    .unwrap_or_default(),
                 on_fenced,
             },
             store.clone(),
@@ -203,6 +217,7 @@ impl Node {
         });
         tokio::spawn(receipt_loop(node.clone()));
         tokio::spawn(retention_loop(node.clone()));
+        tokio::spawn(node.clone().run_presence_heartbeat());
         if node.cluster.is_some() {
             tokio::spawn(lease_loop(node.clone()));
         }
@@ -212,7 +227,10 @@ impl Node {
     /// Whether the node's dependencies answer (for `/readyz`): the history
     /// store, and Redis in cluster mode.
     pub async fn ready(&self) -> Result<(), String> {
-        self.store.ping().await.map_err(|e| format!("history: {e}"))?;
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("history: {e}"))?;
         if let Some(c) = &self.cluster
             && !c.redis.is_connected()
         {
@@ -607,7 +625,9 @@ async fn receipt_loop(node: Arc<Node>) {
 
 /// Renew this node's room leases (cluster mode); release rooms idle a minute.
 async fn lease_loop(node: Arc<Node>) {
-    let Some(c) = node.cluster.as_ref() else { return };
+    let Some(c) = node.cluster.as_ref() else {
+        return;
+    };
     let ownership = c.ownership.clone();
     let mut tick = tokio::time::interval(node.cfg.owner_lease() / 3);
     let mut shutdown = node.shutdown_signal();

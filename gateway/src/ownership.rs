@@ -117,14 +117,18 @@ impl Ownership {
                     return Ok(Owner::Me);
                 }
                 Some(n) => {
-                    self.seen.insert(room.to_owned(), (n.clone(), Instant::now()));
+                    self.seen
+                        .insert(room.to_owned(), (n.clone(), Instant::now()));
                     return Ok(Owner::Other(n));
                 }
                 // Expired between SET and GET: try again.
                 None => continue,
             }
         }
-        Err(Error::new(ErrorKind::Unknown, "room lease kept changing hands"))
+        Err(Error::new(
+            ErrorKind::Unknown,
+            "room lease kept changing hands",
+        ))
     }
 
     fn took(&self, room: &str) {
@@ -147,8 +151,11 @@ impl Ownership {
     /// Renew the leases of rooms used within `idle`; release the others. Rooms
     /// whose lease is gone or held elsewhere are forgotten.
     pub async fn renew(&self, idle: Duration) {
-        let rooms: Vec<(String, Instant)> =
-            self.owned.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        let rooms: Vec<(String, Instant)> = self
+            .owned
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
         for (room, used) in rooms {
             let key = self.key(&room);
             if used.elapsed() > idle {

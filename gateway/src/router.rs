@@ -33,7 +33,10 @@ pub enum Router {
 
 impl Router {
     /// Queue a send without waiting; sends submitted in order are routed in order.
-    pub fn submit(&self, req: SendRequest) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
+    pub fn submit(
+        &self,
+        req: SendRequest,
+    ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
         match self {
             Router::Local(s) => s.enqueue(req),
             Router::Cluster(f) => f.submit(req),
@@ -64,15 +67,31 @@ struct InFlight {
 /// The answer an owner sends back for a forwarded send.
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
-    Ok { seq: u64, id: String, ts: i64, duplicate: bool },
-    Err { code: ErrorCode, message: String },
+    Ok {
+        seq: u64,
+        id: String,
+        ts: i64,
+        duplicate: bool,
+    },
+    Err {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl From<Result<Acked, SendError>> for ForwardReply {
     fn from(r: Result<Acked, SendError>) -> ForwardReply {
         match r {
-            Ok(a) => ForwardReply::Ok { seq: a.seq, id: a.id, ts: a.ts, duplicate: a.duplicate },
-            Err(e) => ForwardReply::Err { code: e.code(), message: e.to_string() },
+            Ok(a) => ForwardReply::Ok {
+                seq: a.seq,
+                id: a.id,
+                ts: a.ts,
+                duplicate: a.duplicate,
+            },
+            Err(e) => ForwardReply::Err {
+                code: e.code(),
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -80,7 +99,17 @@ impl From<Result<Acked, SendError>> for ForwardReply {
 impl From<ForwardReply> for Result<Acked, SendError> {
     fn from(r: ForwardReply) -> Result<Acked, SendError> {
         match r {
-            ForwardReply::Ok { seq, id, ts, duplicate } => Ok(Acked { seq, id, ts, duplicate }),
+            ForwardReply::Ok {
+                seq,
+                id,
+                ts,
+                duplicate,
+            } => Ok(Acked {
+                seq,
+                id,
+                ts,
+                duplicate,
+            }),
             ForwardReply::Err { code, message } => Err(match code {
                 ErrorCode::NotOwner => SendError::NotOwner,
                 ErrorCode::Timeout => SendError::Timeout,
@@ -147,18 +176,35 @@ impl Forwarder {
         format!("{prefix}n:{node}")
     }
 
-    fn submit(&self, req: SendRequest) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
+    fn submit(
+        &self,
+        req: SendRequest,
+    ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { req, reply, attempts: 0, deadline: Instant::now() + self.send_timeout };
+        let job = Job {
+            req,
+            reply,
+            attempts: 0,
+            deadline: Instant::now() + self.send_timeout,
+        };
         self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Unavailable("router queue full".into()),
-            mpsc::error::TrySendError::Closed(_) => SendError::Unavailable("node is draining".into()),
+            mpsc::error::TrySendError::Full(_) => {
+                SendError::Unavailable("router queue full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                SendError::Unavailable("node is draining".into())
+            }
         })?;
         Ok(rx)
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval((self.forward_timeout / 4).max(Duration::from_millis(20)));
+    async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Job>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick =
+            tokio::time::interval((self.forward_timeout / 4).max(Duration::from_millis(20)));
         loop {
             tokio::select! {
                 job = rx.recv() => match job {
@@ -173,11 +219,16 @@ impl Forwarder {
         // retry on another node with the same cid.
         rx.close();
         while let Ok(job) = rx.try_recv() {
-            let _ = job.reply.send(Err(SendError::Unavailable("node is draining".into())));
+            let _ = job
+                .reply
+                .send(Err(SendError::Unavailable("node is draining".into())));
         }
         let left: Vec<InFlight> = self.lock().drain().map(|(_, f)| f).collect();
         for f in left {
-            let _ = f.job.reply.send(Err(SendError::Unavailable("node is draining".into())));
+            let _ = f
+                .job
+                .reply
+                .send(Err(SendError::Unavailable("node is draining".into())));
         }
     }
 
@@ -196,7 +247,9 @@ impl Forwarder {
             Ok(Owner::Other(node)) => self.forward(node, job).await,
             Err(e) => {
                 metrics::counter!("chorus_redis_errors_total", "op" => "resolve").increment(1);
-                let _ = job.reply.send(Err(SendError::Unavailable(format!("redis: {e}"))));
+                let _ = job
+                    .reply
+                    .send(Err(SendError::Unavailable(format!("redis: {e}"))));
             }
         }
     }
@@ -212,10 +265,18 @@ impl Forwarder {
         };
         let payload = format!("F {id} {}\n{body}", self.node);
         let room = job.req.room.clone();
-        self.lock().insert(id, InFlight { job, sent: Instant::now() });
+        self.lock().insert(
+            id,
+            InFlight {
+                job,
+                sent: Instant::now(),
+            },
+        );
         metrics::counter!("chorus_forwards_total").increment(1);
-        let receivers: Result<i64, Error> =
-            self.client.publish(Forwarder::inbox(&self.prefix, &node), payload).await;
+        let receivers: Result<i64, Error> = self
+            .client
+            .publish(Forwarder::inbox(&self.prefix, &node), payload)
+            .await;
         let failed = match receivers {
             Ok(0) => Some(format!("owner {node} is not listening")),
             Ok(_) => None,
@@ -276,7 +337,10 @@ impl Forwarder {
             let reply = serde_json::to_string(&ForwardReply::from(result)).unwrap_or_default();
             let sent: Result<i64, Error> = this
                 .client
-                .publish(Forwarder::inbox(&this.prefix, &from), format!("A {id}\n{reply}"))
+                .publish(
+                    Forwarder::inbox(&this.prefix, &from),
+                    format!("A {id}\n{reply}"),
+                )
                 .await;
             if let Err(e) = sent {
                 // The sender's node retries after its forward timeout.

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use dashmap::DashMap;
 use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
 use chorus_protocol::{ErrorCode, Json, Message, ServerFrame};
+use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 

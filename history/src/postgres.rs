@@ -627,7 +627,8 @@ async fn append_in(
     // room that never committed a message has nothing to deduplicate
     // against), looked up in one statement.
     let mut lookup_slot: HashMap<Key<'_>, usize> = HashMap::new();
-    let (mut lookup_rooms, mut lookup_senders, mut lookup_cids) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lookup_rooms, mut lookup_senders, mut lookup_cids) =
+        (Vec::new(), Vec::new(), Vec::new());
     for (batch, fence) in batches.iter().zip(&fenced) {
         let has_history = locked
             .get(batch.room.as_str())
@@ -899,7 +900,9 @@ mod tests {
         ] {
             assert!(is_transient_sqlstate(transient), "{transient}");
         }
-        for permanent in ["23505", "23503", "42P01", "42601", "22P02", "XX000", "22021"] {
+        for permanent in [
+            "23505", "23503", "42P01", "42601", "22P02", "XX000", "22021",
+        ] {
             assert!(!is_transient_sqlstate(permanent), "{permanent}");
         }
     }

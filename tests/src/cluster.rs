@@ -78,13 +78,29 @@ impl Cluster {
             nodes.push(GatewayProcess::start_in(dir.path(), &refs, None));
             dirs.push(dir);
         }
-        let lb = LoadBalancer::start(nodes.iter().map(|n| n.addr.parse().expect("addr")).collect());
-        Cluster { nodes, redis, database_url, prefix, lb, _dirs: dirs }
+        let lb = LoadBalancer::start(
+            nodes
+                .iter()
+                .map(|n| n.addr.parse().expect("addr"))
+                .collect(),
+        );
+        Cluster {
+            nodes,
+            redis,
+            database_url,
+            prefix,
+            lb,
+            _dirs: dirs,
+        }
     }
 
     /// `ws://LB/ws` with a JWT for `user`.
     pub fn url_for(&self, user: &str) -> String {
-        format!("ws://{}/ws?access_token={}", self.lb.addr, crate::token(user, 3600, None, None))
+        format!(
+            "ws://{}/ws?access_token={}",
+            self.lb.addr,
+            crate::token(user, 3600, None, None)
+        )
     }
 
     /// Data directories of the nodes (unused by cluster history, kept for logs).
@@ -108,7 +124,10 @@ impl LoadBalancer {
         let backends = Arc::new(Mutex::new(backends));
         let list = backends.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("lb runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("lb runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("lb listener");
                 let next = AtomicUsize::new(0);
@@ -131,7 +150,11 @@ impl LoadBalancer {
                 }
             });
         });
-        LoadBalancer { addr, backends, _thread: thread }
+        LoadBalancer {
+            addr,
+            backends,
+            _thread: thread,
+        }
     }
 
     /// Replace the backend list (after a node restarts on another port).

@@ -22,7 +22,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::sleep;
@@ -30,59 +30,75 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// The supervisor every server runs under. Arguments: the directory to remove
-/// when the test process is gone, the log file, the signal that stops the
-/// server, then the server's command line.
+/// The supervisor every server runs under, for the whole life of its handle
+/// (restarts included). Arguments: the directory to remove when the test
+/// process is gone, the log file, the signal that stops the server, then the
+/// server's command line.
 ///
-/// It prints the server's PID, then blocks reading its stdin (the lifeline
-/// pipe). A `keep` line means the test process is stopping the server itself
-/// and owns the directory; end of file means the test process died, so the
-/// directory goes too. Either way the server is stopped (with SIGKILL if it
-/// has not exited 10 s after the stop signal) and reaped; the wait is a poll
-/// of the server's state, not a background timer, so no helper process is
-/// left behind. The server is the supervisor's child, and a shell blocked in
-/// `read` reaps nothing: until the test process lets go of the server, its
-/// PID (even as a zombie) cannot be reused, so signalling it is safe.
+/// It reads commands from its stdin (the lifeline pipe) and answers each on
+/// stdout: `start` starts the server and prints its PID; `kill` SIGKILLs it,
+/// reaps it and prints `killed`; `exit` stops it and exits, leaving the
+/// directory to the test process. End of file means the test process is
+/// gone: stop the server and remove the directory too.
+///
+/// Stopping sends the stop signal (after SIGCONT, in case it is paused), and
+/// SIGKILL if the server has not exited 10 s later; the wait is a poll of the
+/// server's state, not a background timer, so no helper process is left
+/// behind. The server is the supervisor's child and a shell blocked in `read`
+/// reaps nothing, so until the test process asks for it to be stopped the
+/// server's PID (even as a zombie) cannot be reused: signalling it is safe.
 const SUPERVISOR: &str = r#"
 dir=$1 log=$2 sig=$3
 shift 3
-"$@" </dev/null >>"$log" 2>&1 &
-server=$!
-echo "$server"
-keep=
-if IFS= read -r line && [ "$line" = keep ]; then keep=1; fi
-kill -CONT "$server" 2>/dev/null
-kill -"$sig" "$server" 2>/dev/null
-n=0
-while [ "$n" -lt 100 ]; do
-    stat=$(cat "/proc/$server/stat" 2>/dev/null) || break
-    stat=${stat##*) }
-    [ "${stat%% *}" = Z ] && break
-    sleep 0.1
-    n=$((n + 1))
+server=
+stop() {
+    [ -n "$server" ] || return 0
+    kill -CONT "$server" 2>/dev/null
+    kill -"$1" "$server" 2>/dev/null
+    n=0
+    while [ "$n" -lt 100 ]; do
+        stat=$(cat "/proc/$server/stat" 2>/dev/null) || break
+        stat=${stat##*) }
+        [ "${stat%% *}" = Z ] && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    [ "$n" -lt 100 ] || kill -KILL "$server" 2>/dev/null
+    wait "$server"
+    server=
+}
+while IFS= read -r command; do
+    case $command in
+        start) stop KILL; "$@" </dev/null >>"$log" 2>&1 & server=$!; echo "$server" ;;
+        kill) stop KILL; echo killed ;;
+        exit) stop "$sig"; exit 0 ;;
+    esac
 done
-[ "$n" -lt 100 ] || kill -KILL "$server" 2>/dev/null
-wait "$server"
-[ -n "$keep" ] || rm -rf "$dir"
+stop "$sig"
+rm -rf "$dir"
 "#;
 
 /// How many free ports a server start tries: another process may take the
 /// port between probing it and the server binding it.
 const START_ATTEMPTS: usize = 5;
 
-/// A server process under its supervisor.
+/// A supervisor (see [`SUPERVISOR`]) and the server it runs.
 #[derive(Debug)]
-struct Supervised {
-    supervisor: Child,
-    /// The write end of the supervisor's stdin; closing it stops the server.
-    lifeline: Option<ChildStdin>,
-    /// The server's PID.
-    pid: u32,
+struct Supervisor {
+    child: Child,
+    /// Its stdin: commands, and the lifeline.
+    commands: Option<ChildStdin>,
+    replies: BufReader<ChildStdout>,
+    /// The server's PID while it runs.
+    server: Option<u32>,
+    /// The server program, for messages.
+    program: String,
 }
 
-impl Supervised {
-    /// Start `program args` under a supervisor, as `user` (uid, gid) if given,
-    /// with `dir` as working directory and `log` collecting its output.
+impl Supervisor {
+    /// A supervisor for `program args`, run as `user` (uid, gid) if given,
+    /// with `dir` as working directory and `log` collecting the server's
+    /// output. The server is not started yet.
     fn spawn(
         program: &Path,
         args: &[String],
@@ -90,7 +106,7 @@ impl Supervised {
         log: &Path,
         stop_signal: &str,
         user: Option<(u32, u32)>,
-    ) -> Supervised {
+    ) -> Supervisor {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(SUPERVISOR)
@@ -111,72 +127,117 @@ impl Supervised {
         if let Some((uid, gid)) = user {
             cmd.uid(uid).gid(gid);
         }
-        let mut supervisor = cmd
+        let mut child = cmd
             .spawn()
-            .unwrap_or_else(|err| panic!("spawning {} under sh: {err}", program.display()));
-        let stdout = supervisor.stdout.take().expect("supervisor stdout");
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let pid = match (read, line.trim().parse::<u32>()) {
-            (Ok(_), Ok(pid)) if pid > 1 => pid,
-            _ => {
-                let _ = supervisor.kill();
-                let _ = supervisor.wait();
-                panic!(
-                    "the supervisor of {} did not report a PID (got {line:?})",
-                    program.display()
-                );
-            }
-        };
-        Supervised {
-            lifeline: supervisor.stdin.take(),
-            supervisor,
-            pid,
+            .unwrap_or_else(|err| panic!("spawning sh to supervise {}: {err}", program.display()));
+        let replies = BufReader::new(child.stdout.take().expect("supervisor stdout"));
+        Supervisor {
+            commands: child.stdin.take(),
+            child,
+            replies,
+            server: None,
+            program: program.display().to_string(),
         }
     }
 
-    /// Whether the server process still runs (a zombie does not).
-    fn alive(&self) -> bool {
-        process_alive(self.pid)
+    /// Send `command` and return the supervisor's one-line answer.
+    fn command(&mut self, command: &str) -> String {
+        let commands = self.commands.as_mut().expect("supervisor already exited");
+        let sent = commands
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| commands.flush());
+        let mut reply = String::new();
+        let read = sent.and_then(|()| self.replies.read_line(&mut reply));
+        match read {
+            Ok(n) if n > 0 => reply.trim().to_owned(),
+            _ => panic!(
+                "the supervisor of {} died (command {command:?})",
+                self.program
+            ),
+        }
     }
 
-    /// kill -9 the server and reap it.
-    fn kill9(mut self) {
-        signal(&[self.pid], "KILL");
-        self.finish();
+    /// Start the server (killing a previous one); returns its PID.
+    fn start(&mut self) -> u32 {
+        let reply = self.command("start");
+        let pid = reply
+            .parse::<u32>()
+            .ok()
+            .filter(|&pid| pid > 1)
+            .unwrap_or_else(|| panic!("no PID for {} (got {reply:?})", self.program));
+        self.server = Some(pid);
+        pid
     }
 
-    /// Stop the server with its stop signal and reap it.
-    fn stop(mut self) {
-        self.finish();
+    /// SIGKILL the server and reap it. No-op if it is not running.
+    fn kill9(&mut self) {
+        if self.server.take().is_some() {
+            let reply = self.command("kill");
+            assert_eq!(reply, "killed", "supervisor of {}", self.program);
+        }
     }
 
-    /// Tell the supervisor to stop the server and keep the directory (the
-    /// test process removes it), then wait for both to exit. If that takes
-    /// unreasonably long, SIGKILL both.
-    fn finish(&mut self) {
-        let Some(mut lifeline) = self.lifeline.take() else {
+    /// Whether the server process runs (a zombie does not).
+    fn server_alive(&self) -> bool {
+        self.server.is_some_and(process_alive)
+    }
+
+    /// Stop the server and let the supervisor exit, leaving the directory to
+    /// the test process. If that takes unreasonably long, SIGKILL both.
+    fn exit(&mut self) {
+        let Some(mut commands) = self.commands.take() else {
             return;
         };
         // A failed write means the supervisor is already gone.
-        let _ = lifeline.write_all(b"keep\n");
-        drop(lifeline);
+        let _ = commands.write_all(b"exit\n");
+        drop(commands);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.supervisor.try_wait() {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                self.server = None;
                 return;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        if let Some(pid) = self.server.take() {
+            signal(&[pid], "KILL");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server and wait until `ready` says it serves; kill it and
+    /// return the end of its log if it exits or is not ready by `limit`.
+    fn boot(
+        &mut self,
+        limit: Duration,
+        log: &Path,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), String> {
+        self.start();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.server_alive() {
+                self.kill9();
+                return Err(format!("{} exited: {}", self.program, log_tail(log)));
+            }
+            if ready() {
+                return Ok(());
             }
             sleep(Duration::from_millis(20));
         }
-        signal(&[self.pid], "KILL");
-        let _ = self.supervisor.kill();
-        let _ = self.supervisor.wait();
+        self.kill9();
+        Err(format!(
+            "{} not ready within {limit:?}: {}",
+            self.program,
+            log_tail(log)
+        ))
     }
 }
 
-impl Drop for Supervised {
+impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.finish();
+        self.exit();
     }
 }
 
@@ -186,9 +247,9 @@ impl Drop for Supervised {
 pub struct RedisServer {
     /// The loopback port it listens on; kept across restarts.
     pub port: u16,
-    bin: PathBuf,
+    /// Declared before `dir`: the server stops before its directory goes.
+    supervisor: Supervisor,
     dir: TempDir,
-    process: Option<Supervised>,
 }
 
 impl RedisServer {
@@ -205,20 +266,35 @@ impl RedisServer {
             .prefix("chorus-redis-")
             .tempdir()
             .expect("tempdir for redis");
-        let mut server = RedisServer {
-            port: 0,
-            bin,
-            dir,
-            process: None,
-        };
+        let log = dir.path().join("redis.log");
         let mut last_err = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match server.launch(port) {
-                Ok(process) => {
-                    server.port = port;
-                    server.process = Some(process);
-                    return server;
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                &dir.path().display().to_string(),
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+            let mut supervisor = Supervisor::spawn(&bin, &args, dir.path(), &log, "TERM", None);
+            match supervisor.boot(REDIS_READY, &log, || redis_pong(port)) {
+                Ok(()) => {
+                    return RedisServer {
+                        port,
+                        supervisor,
+                        dir,
+                    };
                 }
                 Err(err) => last_err = err,
             }
@@ -242,26 +318,21 @@ impl RedisServer {
     /// The server's PID. Panics if it is not running (killed, not restarted):
     /// a stale PID must never be signalled.
     pub fn pid(&self) -> u32 {
-        self.process
-            .as_ref()
-            .map(|p| p.pid)
-            .expect("redis-server is not running")
+        self.supervisor.server.expect("redis-server is not running")
     }
 
     /// kill -9 the server and wait until it is gone. No-op if not running.
     pub fn kill9(&mut self) {
-        if let Some(process) = self.process.take() {
-            process.kill9();
-        }
+        self.supervisor.kill9();
     }
 
     /// kill -9 the server (if running) and start it again, empty, on the same
     /// port; returns once it answers PING.
     pub fn restart(&mut self) {
         self.kill9();
-        match self.launch(self.port) {
-            Ok(process) => self.process = Some(process),
-            Err(err) => panic!("redis-server did not restart on port {}: {err}", self.port),
+        let (port, log) = (self.port, self.log());
+        if let Err(err) = self.supervisor.boot(REDIS_READY, &log, || redis_pong(port)) {
+            panic!("redis-server did not restart on port {port}: {err}");
         }
     }
 
@@ -278,59 +349,14 @@ impl RedisServer {
     fn log(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
-
-    fn launch(&self, port: u16) -> Result<Supervised, String> {
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            &self.dir.path().display().to_string(),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        let process = Supervised::spawn(
-            &self.bin,
-            &args,
-            self.dir.path(),
-            &self.log(),
-            "TERM",
-            None,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !process.alive() {
-                process.stop();
-                return Err(format!("exited on port {port}: {}", log_tail(&self.log())));
-            }
-            if redis_pong(port) {
-                return Ok(process);
-            }
-            sleep(Duration::from_millis(20));
-        }
-        process.kill9();
-        Err(format!(
-            "no PONG on port {port} within 10 s: {}",
-            log_tail(&self.log())
-        ))
-    }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(process) = self.process.take() {
-            process.stop();
-        }
-    }
-}
+/// How long a starting Redis may take to answer PING.
+const REDIS_READY: Duration = Duration::from_secs(10);
+
+/// How long a starting PostgreSQL may take to accept connections: after a
+/// kill -9 it first replays its WAL.
+const POSTGRES_READY: Duration = Duration::from_secs(60);
 
 /// A PostgreSQL cluster of its own (initdb in a temporary directory) on a free
 /// loopback port, with trust authentication for the `postgres` superuser and
@@ -340,14 +366,13 @@ pub struct PostgresServer {
     /// The loopback port it listens on; kept across restarts.
     pub port: u16,
     bin: PathBuf,
-    /// uid and gid the server programs run as (`postgres` when we are root).
-    user: Option<(u32, u32)>,
-    /// Holds `data/` (the cluster), the unix socket and `postgres.log`.
-    dir: TempDir,
-    process: Option<Supervised>,
     /// PIDs stopped by `pause`, continued by `resume`.
     paused: Mutex<Vec<u32>>,
     databases: AtomicU64,
+    /// Declared before `dir`: the server stops before its directory goes.
+    supervisor: Supervisor,
+    /// Holds `data/` (the cluster), the unix socket and `postgres.log`.
+    dir: TempDir,
 }
 
 impl PostgresServer {
@@ -364,24 +389,26 @@ impl PostgresServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("hand the postgres tempdir to the postgres user");
         }
-        let mut server = PostgresServer {
-            port: 0,
-            bin,
-            user,
-            dir,
-            process: None,
-            paused: Mutex::new(Vec::new()),
-            databases: AtomicU64::new(0),
-        };
-        server.initdb();
+        let data = dir.path().join("data");
+        let log = dir.path().join("postgres.log");
+        initdb(&bin, &data, dir.path(), user);
+
         let mut last_err = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match server.launch(port) {
-                Ok(process) => {
-                    server.port = port;
-                    server.process = Some(process);
-                    return server;
+            let args = postgres_args(&data, port, dir.path());
+            let mut supervisor =
+                Supervisor::spawn(&bin.join("postgres"), &args, dir.path(), &log, "QUIT", user);
+            match supervisor.boot(POSTGRES_READY, &log, || accepting(&bin, port)) {
+                Ok(()) => {
+                    return PostgresServer {
+                        port,
+                        bin,
+                        paused: Mutex::new(Vec::new()),
+                        databases: AtomicU64::new(0),
+                        supervisor,
+                        dir,
+                    };
                 }
                 Err(err) => last_err = err,
             }
@@ -423,10 +450,7 @@ impl PostgresServer {
     /// The postmaster's PID. Panics if it is not running (killed, not
     /// restarted): a stale PID must never be signalled.
     pub fn pid(&self) -> u32 {
-        self.process
-            .as_ref()
-            .map(|p| p.pid)
-            .expect("postgres is not running")
+        self.supervisor.server.expect("postgres is not running")
     }
 
     /// Crash the server: kill -9 the postmaster and every backend at once
@@ -434,16 +458,19 @@ impl PostgresServer {
     /// until they are all gone. What was committed is in the WAL on disk; a
     /// [`PostgresServer::restart`] recovers it. No-op if not running.
     pub fn kill9(&mut self) {
-        let Some(process) = self.process.take() else {
+        let Some(postmaster) = self.supervisor.server else {
             return;
         };
-        self.paused.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // Stopped first, the postmaster cannot fork a new backend between
         // listing its children and killing them.
-        signal(&[process.pid], "STOP");
-        let children = children_of(process.pid);
+        signal(&[postmaster], "STOP");
+        let children = children_of(postmaster);
         signal(&children, "KILL");
-        process.kill9();
+        self.supervisor.kill9();
         // The next postmaster refuses to start while an old backend is still
         // attached to the shared memory.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -457,9 +484,13 @@ impl PostgresServer {
     /// accepts connections.
     pub fn restart(&mut self) {
         self.kill9();
-        match self.launch(self.port) {
-            Ok(process) => self.process = Some(process),
-            Err(err) => panic!("postgres did not restart on port {}: {err}", self.port),
+        let (port, log) = (self.port, self.log());
+        let bin = self.bin.clone();
+        if let Err(err) = self
+            .supervisor
+            .boot(POSTGRES_READY, &log, || accepting(&bin, port))
+        {
+            panic!("postgres did not restart on port {port}: {err}");
         }
     }
 
@@ -484,102 +515,8 @@ impl PostgresServer {
         paused.clear();
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     fn log(&self) -> PathBuf {
         self.dir.path().join("postgres.log")
-    }
-
-    fn initdb(&self) {
-        let mut cmd = Command::new(self.bin.join("initdb"));
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-            // The cluster is thrown away after the test; syncing the initial
-            // files only costs time. The running server still fsyncs.
-            .arg("--no-sync")
-            .current_dir(self.dir.path());
-        without_pg_env(&mut cmd);
-        if let Some((uid, gid)) = self.user {
-            cmd.uid(uid).gid(gid);
-        }
-        let out = cmd
-            .output()
-            .unwrap_or_else(|err| panic!("running {}/initdb: {err}", self.bin.display()));
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn launch(&self, port: u16) -> Result<Supervised, String> {
-        let dir = self.dir.path().display().to_string();
-        let data = self.data_dir().display().to_string();
-        let port_text = port.to_string();
-        let args: Vec<String> = [
-            "-D",
-            &data,
-            "-p",
-            &port_text,
-            // The unix socket in our own directory: no clash with a system
-            // server's /var/run/postgresql, and the path stays short.
-            "-k",
-            &dir,
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=on",
-            "-c",
-            "synchronous_commit=on",
-            // Many tests share one server, each with its own pool.
-            "-c",
-            "max_connections=300",
-            "-c",
-            "shared_buffers=32MB",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        let process = Supervised::spawn(
-            &self.bin.join("postgres"),
-            &args,
-            self.dir.path(),
-            &self.log(),
-            // Immediate shutdown: fast, and it still removes shared memory.
-            "QUIT",
-            self.user,
-        );
-        // Crash recovery after a kill -9 replays the WAL before accepting.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if !process.alive() {
-                process.stop();
-                return Err(format!("exited on port {port}: {}", log_tail(&self.log())));
-            }
-            if self.accepting(port) {
-                return Ok(process);
-            }
-            sleep(Duration::from_millis(25));
-        }
-        process.kill9();
-        Err(format!(
-            "not accepting connections on port {port} within 60 s: {}",
-            log_tail(&self.log())
-        ))
-    }
-
-    fn accepting(&self, port: u16) -> bool {
-        let mut cmd = Command::new(self.bin.join("pg_isready"));
-        cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        without_pg_env(&mut cmd);
-        cmd.status().is_ok_and(|status| status.success())
     }
 }
 
@@ -587,10 +524,76 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         // Stopped backends would hold up the shutdown.
         self.resume();
-        if let Some(process) = self.process.take() {
-            process.stop();
-        }
+        self.supervisor.exit();
     }
+}
+
+/// Create a cluster in `data` (as `user` if given, from `cwd`, which that
+/// user can enter).
+fn initdb(bin: &Path, data: &Path, cwd: &Path, user: Option<(u32, u32)>) {
+    let mut cmd = Command::new(bin.join("initdb"));
+    cmd.arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+        // The cluster is thrown away after the test; syncing the initial
+        // files only costs time. The running server still fsyncs.
+        .arg("--no-sync")
+        .current_dir(cwd);
+    without_pg_env(&mut cmd);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|err| panic!("running {}/initdb: {err}", bin.display()));
+    assert!(
+        out.status.success(),
+        "initdb failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The postgres command line for the cluster in `data` on `port`.
+fn postgres_args(data: &Path, port: u16, socket_dir: &Path) -> Vec<String> {
+    let data = data.display().to_string();
+    let socket_dir = socket_dir.display().to_string();
+    let port = port.to_string();
+    [
+        "-D",
+        &data,
+        "-p",
+        &port,
+        // The unix socket in our own directory: no clash with a system
+        // server's /var/run/postgresql, and the path stays short.
+        "-k",
+        &socket_dir,
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=on",
+        "-c",
+        "synchronous_commit=on",
+        // Many tests share one server, each with its own pool.
+        "-c",
+        "max_connections=300",
+        "-c",
+        "shared_buffers=32MB",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Whether the server on `port` accepts connections (`pg_isready`).
+fn accepting(bin: &Path, port: u16) -> bool {
+    let mut cmd = Command::new(bin.join("pg_isready"));
+    cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    without_pg_env(&mut cmd);
+    cmd.status().is_ok_and(|status| status.success())
 }
 
 /// PostgreSQL's server binaries: `$CHORUS_PG_BINDIR`, else the highest

@@ -23,7 +23,11 @@ const UNLIMITED: &[&str] = &[
 ];
 
 fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    UNLIMITED.iter().copied().chain(extra.iter().copied()).collect()
+    UNLIMITED
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
 }
 
 /// Client settings for `user` on one node, patient enough for failovers.
@@ -56,7 +60,10 @@ async fn history(node: &GatewayProcess, room: &str) -> Vec<Stored> {
     let mut out: Vec<Stored> = Vec::new();
     let mut after = 0;
     loop {
-        let url = format!("{}/v1/rooms/{room}/messages?after={after}&limit=100", node.http_url());
+        let url = format!(
+            "{}/v1/rooms/{room}/messages?after={after}&limit=100",
+            node.http_url()
+        );
         let page: Page = http
             .get(&url)
             .header("x-api-key", API_KEY)
@@ -80,7 +87,11 @@ async fn history(node: &GatewayProcess, room: &str) -> Vec<Stored> {
 /// Every seq 1..=n exactly once, and each (sender, cid) once.
 fn assert_gap_free(stored: &[Stored], n: u64) {
     let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "history seqs are 1..={n}");
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "history seqs are 1..={n}"
+    );
     let keys: HashSet<(String, String)> = stored
         .iter()
         .map(|m| (m.sender.clone(), m.cid.clone().unwrap_or_default()))
@@ -97,8 +108,14 @@ async fn receive(client: &mut Client, room: &str, n: u64, within: Duration) -> V
         let left = deadline.saturating_duration_since(Instant::now());
         match client.next_event_timeout(left).await {
             Some(Event::Msg(m)) if m.room == room => seqs.push(m.seq),
-            Some(Event::Gap { room, expected, got }) => panic!("gap in {room}: expected {expected}, got {got}"),
-            Some(Event::Closed { code, reason }) => panic!("closed {code:?} {reason} after {} msgs", seqs.len()),
+            Some(Event::Gap {
+                room,
+                expected,
+                got,
+            }) => panic!("gap in {room}: expected {expected}, got {got}"),
+            Some(Event::Closed { code, reason }) => {
+                panic!("closed {code:?} {reason} after {} msgs", seqs.len())
+            }
             Some(_) => {}
             None => panic!("timed out after {} of {n} messages", seqs.len()),
         }
@@ -107,7 +124,9 @@ async fn receive(client: &mut Client, room: &str, n: u64, within: Duration) -> V
 }
 
 async fn redis_client(url: &str) -> fred::prelude::Client {
-    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap()).build().unwrap();
+    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
     c.init().await.unwrap();
     c
 }
@@ -115,7 +134,9 @@ async fn redis_client(url: &str) -> fred::prelude::Client {
 /// The node id holding a room's lease.
 async fn owner_of(cluster: &Cluster, room: &str) -> Option<String> {
     let c = redis_client(&cluster.redis.server().url()).await;
-    c.get(format!("{}own:{room}", cluster.prefix)).await.unwrap()
+    c.get(format!("{}own:{room}", cluster.prefix))
+        .await
+        .unwrap()
 }
 
 fn node_index(id: &str) -> usize {
@@ -130,7 +151,9 @@ async fn three_nodes_one_room_total_order() {
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let node = &cluster.nodes[i % 3];
-        let c = Client::connect(on(node, &format!("u{i}"))).await.expect("connect");
+        let c = Client::connect(on(node, &format!("u{i}")))
+            .await
+            .expect("connect");
         c.join("hot", None).await.expect("join");
         clients.push(c);
     }
@@ -143,7 +166,10 @@ async fn three_nodes_one_room_total_order() {
             let mut inflight = futures_util::stream::FuturesUnordered::new();
             for k in 0..SENDS {
                 let h = h.clone();
-                inflight.push(async move { h.send_with_retry("hot", &format!("c{i}-{k}"), text("x")).await });
+                inflight.push(async move {
+                    h.send_with_retry("hot", &format!("c{i}-{k}"), text("x"))
+                        .await
+                });
                 if inflight.len() >= 16 {
                     use futures_util::StreamExt;
                     acks.push(inflight.next().await.unwrap().expect("ack"));
@@ -172,7 +198,11 @@ async fn three_nodes_one_room_total_order() {
     assert_eq!(ack_seqs.len() as u64, total);
     for r in receivers {
         let (seqs, c) = r.await.unwrap();
-        assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every client sees 1..={total} in order");
+        assert_eq!(
+            seqs,
+            (1..=total).collect::<Vec<_>>(),
+            "every client sees 1..={total} in order"
+        );
         assert_eq!(c.handle().gaps(), 0);
     }
     assert_gap_free(&history(&cluster.nodes[1], "hot").await, total);
@@ -191,18 +221,30 @@ async fn resume_on_another_node_gets_exactly_the_missed() {
     let bob_c = Client::connect(on(c, "bob")).await.unwrap();
     bob_c.join("r", None).await.unwrap();
     for i in 0..5 {
-        bob_b.send_with_retry("r", &format!("pre{i}"), text("x")).await.unwrap();
+        bob_b
+            .send_with_retry("r", &format!("pre{i}"), text("x"))
+            .await
+            .unwrap();
     }
-    assert_eq!(receive(&mut alice, "r", 5, Duration::from_secs(20)).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        receive(&mut alice, "r", 5, Duration::from_secs(20)).await,
+        vec![1, 2, 3, 4, 5]
+    );
     // Drain what is queued so the cursors are current, then drop abruptly.
-    while alice.next_event_timeout(Duration::from_millis(200)).await.is_some() {}
+    while alice
+        .next_event_timeout(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
     let state = alice.resume_state();
     assert_eq!(state.rooms.get("r"), Some(&5));
     let session = alice.welcome().session.clone();
     alice.abort();
     for i in 0..100 {
         let via = if i % 2 == 0 { &bob_b } else { &bob_c };
-        via.send_with_retry("r", &format!("m{i}"), text("x")).await.unwrap();
+        via.send_with_retry("r", &format!("m{i}"), text("x"))
+            .await
+            .unwrap();
     }
     let mut alice = Client::connect_resume(on(c, "alice"), state).await.unwrap();
     assert!(alice.welcome().resumed, "resume accepted on another node");
@@ -210,7 +252,10 @@ async fn resume_on_another_node_gets_exactly_the_missed() {
     let replayed = receive(&mut alice, "r", 100, Duration::from_secs(20)).await;
     assert_eq!(replayed, (6..=105).collect::<Vec<_>>());
     bob_b.send_with_retry("r", "live", text("x")).await.unwrap();
-    assert_eq!(receive(&mut alice, "r", 1, Duration::from_secs(20)).await, vec![106]);
+    assert_eq!(
+        receive(&mut alice, "r", 1, Duration::from_secs(20)).await,
+        vec![106]
+    );
     assert_eq!(alice.handle().duplicates_dropped(), 0, "no over-delivery");
     // The watcher saw no presence flicker for alice.
     let mut flicker = Vec::new();
@@ -221,7 +266,10 @@ async fn resume_on_another_node_gets_exactly_the_missed() {
             flicker.push((joined, left));
         }
     }
-    assert!(flicker.is_empty(), "no leave/join for a resume: {flicker:?}");
+    assert!(
+        flicker.is_empty(),
+        "no leave/join for a resume: {flicker:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,11 +278,16 @@ async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
     // Clients on every node; the owner is whichever node took the lease first.
     let mut clients = Vec::new();
     for i in 0..6 {
-        let c = Client::connect(on(&cluster.nodes[i % 3], &format!("u{i}"))).await.unwrap();
+        let c = Client::connect(on(&cluster.nodes[i % 3], &format!("u{i}")))
+            .await
+            .unwrap();
         c.join("busy", None).await.unwrap();
         clients.push(c);
     }
-    clients[0].send_with_retry("busy", "first", text("x")).await.unwrap();
+    clients[0]
+        .send_with_retry("busy", "first", text("x"))
+        .await
+        .unwrap();
     let owner = node_index(&owner_of(&cluster, "busy").await.expect("an owner"));
     // Keep sending from the clients NOT on the owner while it dies.
     let survivors: Vec<_> = clients
@@ -248,7 +301,11 @@ async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
         tasks.push(tokio::spawn(async move {
             let mut acks = Vec::new();
             for k in 0..60 {
-                acks.push(h.send_with_retry("busy", &format!("f{i}-{k}"), text("x")).await.expect("send completes"));
+                acks.push(
+                    h.send_with_retry("busy", &format!("f{i}-{k}"), text("x"))
+                        .await
+                        .expect("send completes"),
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             acks
@@ -270,7 +327,11 @@ async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
     assert_gap_free(&stored, n);
     for (seq, cid) in &acked {
         let m = &stored[(*seq - 1) as usize];
-        assert_eq!(m.cid.as_ref(), Some(cid), "acked seq {seq} holds its message");
+        assert_eq!(
+            m.cid.as_ref(),
+            Some(cid),
+            "acked seq {seq} holds its message"
+        );
     }
     let new_owner = owner_of(&cluster, "busy").await.expect("a new owner");
     assert_ne!(node_index(&new_owner), owner);
@@ -291,11 +352,15 @@ async fn paused_owner_is_fenced_when_it_wakes_up() {
     signal(n0.pid(), "STOP");
     // A send reaches the paused owner's socket and waits there.
     let h = stale.handle();
-    let pending = tokio::spawn(async move { h.send_with_retry("f", "while-paused", text("x")).await });
+    let pending =
+        tokio::spawn(async move { h.send_with_retry("f", "while-paused", text("x")).await });
     // The lease expires; node 1 takes the room and commits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..5 {
-        fresh.send_with_retry("f", &format!("n1-{i}"), text("x")).await.unwrap();
+        fresh
+            .send_with_retry("f", &format!("n1-{i}"), text("x"))
+            .await
+            .unwrap();
     }
     assert_eq!(owner_of(&cluster, "f").await.as_deref(), Some("n1"));
     signal(n0.pid(), "CONT");
@@ -305,7 +370,10 @@ async fn paused_owner_is_fenced_when_it_wakes_up() {
     let n = stored.len() as u64;
     assert_gap_free(&stored, n);
     assert_eq!(n, 7, "own + 5 + while-paused, each once");
-    assert_eq!(stored[(ack.seq - 1) as usize].cid.as_deref(), Some("while-paused"));
+    assert_eq!(
+        stored[(ack.seq - 1) as usize].cid.as_deref(),
+        Some("while-paused")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,7 +386,9 @@ async fn redis_restart_mid_stream_loses_nothing() {
     let h = sender.handle();
     let task = tokio::spawn(async move {
         for k in 0..200 {
-            h.send_with_retry("rr", &format!("k{k}"), text("x")).await.expect("send completes");
+            h.send_with_retry("rr", &format!("k{k}"), text("x"))
+                .await
+                .expect("send completes");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -329,7 +399,11 @@ async fn redis_restart_mid_stream_loses_nothing() {
     }
     task.await.unwrap();
     let seqs = receive(&mut reader, "rr", 200, Duration::from_secs(30)).await;
-    assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "gaps filled from history");
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<_>>(),
+        "gaps filled from history"
+    );
     assert_gap_free(&history(&cluster.nodes[1], "rr").await, 200);
     // Presence is rebuilt by the nodes' refresh.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -343,7 +417,9 @@ async fn dead_node_leaves_presence_within_the_bound() {
     let mut cluster = Cluster::start(3, &flags(&["--presence-ttl-ms", "2000"]));
     let mut doomed = Vec::new();
     for i in 0..100 {
-        let c = Client::connect(on(&cluster.nodes[0], &format!("d{i}"))).await.unwrap();
+        let c = Client::connect(on(&cluster.nodes[0], &format!("d{i}")))
+            .await
+            .unwrap();
         c.join("lobby", None).await.unwrap();
         doomed.push(c);
     }
@@ -352,8 +428,15 @@ async fn dead_node_leaves_presence_within_the_bound() {
         let url = format!("{}/v1/rooms/lobby/presence", node.http_url());
         let http = http.clone();
         async move {
-            let v: serde_json::Value =
-                http.get(url).header("x-api-key", API_KEY).send().await.unwrap().json().await.unwrap();
+            let v: serde_json::Value = http
+                .get(url)
+                .header("x-api-key", API_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["count"].as_u64().unwrap()
         }
     };
@@ -363,18 +446,27 @@ async fn dead_node_leaves_presence_within_the_bound() {
     drop(doomed);
     let killed = Instant::now();
     loop {
-        let (a, b) = (count(&cluster.nodes[1]).await, count(&cluster.nodes[2]).await);
+        let (a, b) = (
+            count(&cluster.nodes[1]).await,
+            count(&cluster.nodes[2]).await,
+        );
         if a == 0 && b == 0 {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(6), "still {a}/{b} present after {:?}", killed.elapsed());
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "still {a}/{b} present after {:?}",
+            killed.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("presence converged {:?} after kill -9", killed.elapsed());
     // Reconnecting elsewhere brings them back.
     let mut back = Vec::new();
     for i in 0..10 {
-        let c = Client::connect(on(&cluster.nodes[1 + i % 2], &format!("d{i}"))).await.unwrap();
+        let c = Client::connect(on(&cluster.nodes[1 + i % 2], &format!("d{i}")))
+            .await
+            .unwrap();
         c.join("lobby", None).await.unwrap();
         back.push(c);
     }

@@ -150,7 +150,8 @@ fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_are_safe_from_concurrent_connects() {
     const NODES: usize = 4;
-    let migrations_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../history/migrations/postgres");
+    let migrations_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../history/migrations/postgres");
     let migrations = std::fs::read_dir(&migrations_dir)
         .expect("migrations dir")
         .flatten()
@@ -256,7 +257,10 @@ async fn a_claim_on_another_node_fences_the_old_writer() {
     let stale = old.claim_room("t/a").await.expect("claim");
     append_ok(&old, batch("t/a", stale.epoch, vec![new_message("c1")])).await;
     let current = new.claim_room("t/a").await.expect("claim");
-    assert_eq!(current.last_seq, 1, "the claim sees the old writer's commit");
+    assert_eq!(
+        current.last_seq, 1,
+        "the claim sees the old writer's commit"
+    );
 
     let outcomes = old
         .append(&[batch("t/a", stale.epoch, vec![new_message("c2")])])
@@ -297,10 +301,17 @@ async fn large_batches_commit_whole() {
         .collect();
     let seqs = append_ok(&store, batch("t/big", epoch, second)).await;
     for (i, seq) in (0_u64..).zip(&seqs) {
-        let expected = if i % 2 == 0 { i / 2 + 1 } else { 3000 + i / 2 + 1 };
+        let expected = if i % 2 == 0 {
+            i / 2 + 1
+        } else {
+            3000 + i / 2 + 1
+        };
         assert_eq!(*seq, expected, "entry {i}");
     }
-    assert_eq!(store.tips(&["t/big".to_owned()]).await.expect("tips"), [5000]);
+    assert_eq!(
+        store.tips(&["t/big".to_owned()]).await.expect("tips"),
+        [5000]
+    );
 }
 
 /// Every append acknowledged before a kill -9 of PostgreSQL (postmaster and
@@ -328,7 +339,10 @@ async fn acked_appends_survive_kill9_and_restart() {
                     new_message(&format!("c{call}-0")),
                     new_message(&format!("c{call}-1")),
                 ];
-                match store.append(&[batch("t/a", claim.epoch, messages.clone())]).await {
+                match store
+                    .append(&[batch("t/a", claim.epoch, messages.clone())])
+                    .await
+                {
                     Ok(outcomes) => {
                         let [RoomOutcome::Committed(appended)] = &outcomes[..] else {
                             panic!("fenced: {outcomes:?}");
@@ -426,7 +440,10 @@ async fn calls_while_down_are_unavailable_and_recover_after_restart() {
     let [RoomOutcome::Committed(appended)] = &retried[..] else {
         panic!("fenced: {retried:?}");
     };
-    assert!(appended[0].duplicate && appended[0].seq == 1, "{appended:?}");
+    assert!(
+        appended[0].duplicate && appended[0].seq == 1,
+        "{appended:?}"
+    );
 }
 
 /// A frozen (SIGSTOPped) server cannot hang the store: a call already in

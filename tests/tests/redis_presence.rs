@@ -129,7 +129,10 @@ contract!(
 
 async fn user_level_transitions(p: &dyn Presence) {
     let g1 = p.attach(entry("s1", "alice", "phone", "n")).await.unwrap();
-    let g2 = p.attach(entry("s2", "alice", "desktop", "n")).await.unwrap();
+    let g2 = p
+        .attach(entry("s2", "alice", "desktop", "n"))
+        .await
+        .unwrap();
     assert!(
         p.join("r", "s1").await.unwrap(),
         "first device brings alice online"
@@ -141,7 +144,11 @@ async fn user_level_transitions(p: &dyn Presence) {
     assert_eq!(room_view(p, "r").await, vec!["alice:desktop"]);
     assert_eq!(p.expire_if("s2", g2).await.unwrap(), Some(strs(&["r"])));
     assert!(p.room("r").await.unwrap().is_empty());
-    assert_eq!(user_view(p, "alice").await, vec!["phone@n[]"], "s1 still attached");
+    assert_eq!(
+        user_view(p, "alice").await,
+        vec!["phone@n[]"],
+        "s1 still attached"
+    );
     assert_eq!(p.expire_if("s1", g1).await.unwrap(), Some(vec![]));
     assert!(p.user("alice").await.unwrap().is_empty());
     assert!(p.session("s1").await.unwrap().is_none());
@@ -175,7 +182,10 @@ async fn per_device_listing(p: &dyn Presence) {
 }
 
 async fn user_presence_across_rooms(p: &dyn Presence) {
-    let g2 = p.attach(entry("s2", "alice", "desktop", "n")).await.unwrap();
+    let g2 = p
+        .attach(entry("s2", "alice", "desktop", "n"))
+        .await
+        .unwrap();
     p.attach(entry("s1", "alice", "phone", "n")).await.unwrap();
     assert!(p.join("b", "s1").await.unwrap());
     assert!(p.join("a", "s1").await.unwrap());
@@ -241,7 +251,9 @@ async fn generations_and_expire_if(p: &dyn Presence) {
 
 async fn settle_leaves_rooms_not_taken_back(p: &dyn Presence) {
     let g1 = p.attach(entry("s1", "alice", "phone", "n")).await.unwrap();
-    p.attach(entry("s2", "alice", "desktop", "n")).await.unwrap();
+    p.attach(entry("s2", "alice", "desktop", "n"))
+        .await
+        .unwrap();
     p.attach(entry("s9", "bob", "web", "n")).await.unwrap();
     for room in ["a", "b", "c"] {
         p.join(room, "s1").await.unwrap();
@@ -321,7 +333,9 @@ async fn sweep_without_expiry_is_empty(p: &dyn Presence) {
 
 async fn concurrent_transitions_are_reported_once(p: &dyn Presence) {
     p.attach(entry("s1", "alice", "phone", "n")).await.unwrap();
-    p.attach(entry("s2", "alice", "desktop", "n")).await.unwrap();
+    p.attach(entry("s2", "alice", "desktop", "n"))
+        .await
+        .unwrap();
     for round in 0..20 {
         let (a, b) = tokio::join!(p.join("r", "s1"), p.join("r", "s2"));
         let joins = [a.unwrap(), b.unwrap()];
@@ -356,7 +370,10 @@ async fn two_nodes(test: &str, ttl: Duration) -> (RedisPresence, RedisPresence) 
 }
 
 /// Refresh `sessions` on `p` every `ttl / 3` until the returned sender is dropped.
-fn heartbeat(p: Arc<RedisPresence>, sessions: Vec<LiveSession>) -> tokio::sync::oneshot::Sender<()> {
+fn heartbeat(
+    p: Arc<RedisPresence>,
+    sessions: Vec<LiveSession>,
+) -> tokio::sync::oneshot::Sender<()> {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let every = p.refresh_interval().expect("redis presence expires");
     tokio::spawn(async move {
@@ -399,7 +416,10 @@ async fn a_dead_nodes_entries_vanish_within_the_ttl_and_are_swept_once() {
         vec!["alice:phone,laptop", "bob:web"],
         "still live half a ttl later"
     );
-    assert!(b.sweep("r").await.unwrap().is_empty(), "nothing expired yet");
+    assert!(
+        b.sweep("r").await.unwrap().is_empty(),
+        "nothing expired yet"
+    );
 
     let gone = loop {
         if room_view(&*b, "r").await == vec!["bob:web"] {
@@ -444,8 +464,13 @@ async fn two_nodes_share_presence_and_transitions() {
     assert!(a.join("r", "s1").await.unwrap());
     assert_eq!(room_view(&b, "r").await, vec!["alice:phone"]);
     assert_eq!(b.room("r").await.unwrap()[0].devices[0].node, "A");
-    b.attach(entry("s2", "alice", "desktop", "B")).await.unwrap();
-    assert!(!b.join("r", "s2").await.unwrap(), "alice already online via A");
+    b.attach(entry("s2", "alice", "desktop", "B"))
+        .await
+        .unwrap();
+    assert!(
+        !b.join("r", "s2").await.unwrap(),
+        "alice already online via A"
+    );
     assert_eq!(room_view(&a, "r").await, vec!["alice:phone,desktop"]);
     assert_eq!(
         user_view(&a, "alice").await,
@@ -476,9 +501,16 @@ async fn a_session_resumes_on_another_node_without_flicker() {
     // The connection drops from A and the client resumes on B.
     let g2 = b.attach(entry("s1", "alice", "phone", "B")).await.unwrap();
     assert!(g2 > g1);
-    assert_eq!(room_view(&b, "y").await, vec!["alice:phone"], "kept until settled");
+    assert_eq!(
+        room_view(&b, "y").await,
+        vec!["alice:phone"],
+        "kept until settled"
+    );
     assert!(!b.join("x", "s1").await.unwrap(), "no leave/join flicker");
-    assert_eq!(b.settle("s1", g2, &strs(&["x"])).await.unwrap(), strs(&["y"]));
+    assert_eq!(
+        b.settle("s1", g2, &strs(&["x"])).await.unwrap(),
+        strs(&["y"])
+    );
     // A's grace timer and heartbeat for the old connection change nothing.
     assert!(a.settle("s1", g1, &[]).await.unwrap().is_empty());
     assert!(
@@ -500,7 +532,11 @@ async fn a_stalled_node_comes_back_with_its_sessions() {
     let g = a.attach(e.clone()).await.unwrap();
     a.join("r", "s1").await.unwrap();
     tokio::time::sleep(TTL + MARGIN).await;
-    assert_eq!(b.sweep("r").await.unwrap(), strs(&["alice"]), "announced gone");
+    assert_eq!(
+        b.sweep("r").await.unwrap(),
+        strs(&["alice"]),
+        "announced gone"
+    );
     // A wakes up: its heartbeat puts alice back and says so (to announce).
     assert_eq!(
         a.refresh(&[live(&e, g, &["r"])]).await.unwrap(),
@@ -531,7 +567,10 @@ async fn refresh_adopts_a_generation_whose_attach_never_reached_redis() {
     );
     assert_eq!(b.session("s1").await.unwrap(), Some(on_b));
     assert_eq!(a.expire_if("s1", g1).await.unwrap(), None);
-    assert_eq!(b.expire_if("s1", made_up).await.unwrap(), Some(strs(&["r"])));
+    assert_eq!(
+        b.expire_if("s1", made_up).await.unwrap(),
+        Some(strs(&["r"]))
+    );
 }
 
 #[tokio::test]
@@ -617,7 +656,10 @@ async fn a_redis_restarted_empty_is_refilled_by_refresh() {
     assert_eq!(a.session("s1").await.unwrap(), Some(alice.clone()));
 
     // The restored generation still governs the session...
-    assert_eq!(a.expire_if("s1", ga).await.unwrap(), Some(strs(&["q", "r"])));
+    assert_eq!(
+        a.expire_if("s1", ga).await.unwrap(),
+        Some(strs(&["q", "r"]))
+    );
     // ...and a new attach outranks any generation handed out before the restart.
     let again = b.attach(entry("s2", "bob", "web", "B")).await.unwrap();
     assert!(again > gb, "{again} after {gb}");

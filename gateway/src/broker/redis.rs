@@ -80,7 +80,9 @@ impl RedisBroker {
         let subscriber = builder.build_subscriber_client()?;
         subscriber.init().await?;
         let _resubscribe = subscriber.manage_subscriptions();
-        subscriber.subscribe(Forwarder::inbox(&prefix, &node)).await?;
+        subscriber
+            .subscribe(Forwarder::inbox(&prefix, &node))
+            .await?;
         let broker = Arc::new(RedisBroker {
             node,
             prefix,
@@ -176,10 +178,15 @@ impl RedisBroker {
     }
 
     async fn on_inbox(&self, text: &str) {
-        let Some(f) = self.forwarder.get() else { return };
+        let Some(f) = self.forwarder.get() else {
+            return;
+        };
         let (head, body) = text.split_once('\n').unwrap_or((text, ""));
         let mut parts = head.split(' ');
-        match (parts.next(), parts.next().and_then(|i| i.parse::<u64>().ok())) {
+        match (
+            parts.next(),
+            parts.next().and_then(|i| i.parse::<u64>().ok()),
+        ) {
             (Some("F"), Some(id)) => {
                 if let Some(from) = parts.next() {
                     f.on_forward(id, from.to_owned(), body).await;
@@ -217,7 +224,8 @@ impl RedisBroker {
                 let except = parts.next().and_then(|s| s.parse::<ConnId>().ok());
                 // `except` names a connection of the origin node, never of this one.
                 let _ = except;
-                self.hub.broadcast(room, &Utf8Bytes::from(body.to_owned()), None);
+                self.hub
+                    .broadcast(room, &Utf8Bytes::from(body.to_owned()), None);
             }
             _ => warn!(%room, "undecodable room message"),
         }
@@ -239,7 +247,12 @@ impl RedisBroker {
                 warn!(%room, from = known + 1, to = first - 1, "could not fill gap");
             }
         }
-        let skip = self.lock().get(room).map(|f| f.last).unwrap_or(known).saturating_sub(first - 1);
+        let skip = self
+            .lock()
+            .get(room)
+            .map(|f| f.last)
+            .unwrap_or(known)
+            .saturating_sub(first - 1);
         let batch: MsgBatch = frames
             .iter()
             .enumerate()
@@ -257,7 +270,17 @@ impl RedisBroker {
         let public = public_name(room).to_owned();
         let mut after = from;
         while after < to {
-            let page = match self.store.read(room, ReadRange::After { after, limit: FILL_PAGE }).await {
+            let page = match self
+                .store
+                .read(
+                    room,
+                    ReadRange::After {
+                        after,
+                        limit: FILL_PAGE,
+                    },
+                )
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(%room, error = %e, "reading history to fill a gap failed");
@@ -267,7 +290,12 @@ impl RedisBroker {
             let batch: MsgBatch = page
                 .into_iter()
                 .take_while(|m| m.seq <= to)
-                .map(|m| (m.seq, Utf8Bytes::from(ServerFrame::Msg(to_message(&public, m)).encode())))
+                .map(|m| {
+                    (
+                        m.seq,
+                        Utf8Bytes::from(ServerFrame::Msg(to_message(&public, m)).encode()),
+                    )
+                })
                 .collect();
             let Some(&(top, _)) = batch.last() else {
                 break; // trimmed: nothing more to fill
@@ -342,7 +370,8 @@ impl Broker for RedisBroker {
         last: u64,
         frames: Vec<(u64, Utf8Bytes)>,
     ) -> Result<(), BrokerError> {
-        let mut payload = String::with_capacity(64 + frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
+        let mut payload =
+            String::with_capacity(64 + frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
         payload.push_str(&format!("B {} {first} {last}", self.node));
         for (_, f) in &frames {
             payload.push('\n');
@@ -386,9 +415,10 @@ impl Broker for RedisBroker {
             .first()
             .copied()
             .unwrap_or(0);
-        self.lock()
-            .entry(room.to_owned())
-            .or_insert(Feed { last: tip, moved: Instant::now() });
+        self.lock().entry(room.to_owned()).or_insert(Feed {
+            last: tip,
+            moved: Instant::now(),
+        });
         Ok(())
     }
 

@@ -337,7 +337,11 @@ impl Presence for RedisPresence {
 
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError> {
         let v = self
-            .run(&self.scripts.room, self.key("r", room), vec![room.to_owned()])
+            .run(
+                &self.scripts.room,
+                self.key("r", room),
+                vec![room.to_owned()],
+            )
             .await?;
         // user -> session -> device, so users and devices come out sorted.
         let mut users: BTreeMap<String, BTreeMap<String, _>> = BTreeMap::new();
