@@ -26,7 +26,7 @@ use crate::presence::{
     LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,
 };
 use crate::router::{Forwarder, Router};
-use crate::sequencer::{Sequencer, SequencerConfig};
+use crate::sequencer::{OnFenced, Sequencer, SequencerConfig};
 
 /// What this node knows of a session it holds (a live connection, or one in
 /// its presence grace period). The presence seam has the authoritative state,
@@ -155,10 +155,9 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let on_fenced: Option<Arc<dyn Fn(&str) + Send + Sync>> = cluster.as_ref().map(|c| {
+        let on_fenced: Option<OnFenced> = cluster.as_ref().map(|c| {
             let ownership = c.ownership.clone();
-            Arc::new(move |room: &str| ownership.invalidate(room))
-                as Arc<dyn Fn(&str) + Send + Sync>
+            Arc::new(move |room: &str| ownership.invalidate(room)) as OnFenced
         });
         let (sequencer, writer_task) = Sequencer::spawn(
             SequencerConfig {

@@ -79,6 +79,9 @@ impl From<StoreError> for SendError {
     }
 }
 
+/// Told the room of a fenced batch (cluster mode: forget the room's owner).
+pub type OnFenced = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where a send's outcome goes.
 pub type Reply = oneshot::Sender<Result<Acked, SendError>>;
 
@@ -104,7 +107,7 @@ pub struct SequencerConfig {
     /// took the room anew; see `ownership`). Empty in embedded mode.
     pub reclaim: Arc<DashMap<String, ()>>,
     /// Called with a room whose batch was fenced (another node writes it now).
-    pub on_fenced: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_fenced: Option<OnFenced>,
 }
 
 impl Sequencer {

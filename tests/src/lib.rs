@@ -62,11 +62,24 @@ pub fn binary() -> PathBuf {
 /// Serialises process start-up output parsing across tests in one binary.
 static SPAWN: Mutex<()> = Mutex::new(());
 
-/// A running `chorus` process.
+/// Whether `GatewayProcess::start` runs a 2-node cluster behind a load balancer
+/// instead of one embedded node (`CHORUS_TEST_CLUSTER=1`): the whole foundation
+/// suite then runs in cluster mode.
+pub fn cluster_mode() -> bool {
+    std::env::var("CHORUS_TEST_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+/// A running `chorus` process (or, in cluster mode, two behind a load balancer).
 pub struct GatewayProcess {
     child: Option<Child>,
-    /// `127.0.0.1:PORT` it listens on.
+    /// The address clients use: the process's own, or the load balancer's.
     pub addr: String,
+    /// `127.0.0.1:PORT` this process listens on.
+    node_addr: String,
+    /// Cluster mode: the other node(s), restarted and killed together with this one.
+    peers: Vec<GatewayProcess>,
+    /// Cluster mode: the load balancer in front of all nodes.
+    lb: Option<cluster::LoadBalancer>,
     /// Its data directory (kept across restarts).
     pub data_dir: PathBuf,
     /// Flags it was started with (reused by `restart`).
@@ -78,11 +91,49 @@ impl GatewayProcess {
     /// Start a node with a fresh data directory and the test JWT secret and API
     /// key, plus `extra` flags.
     pub fn start(extra: &[&str]) -> GatewayProcess {
+        if cluster_mode() {
+            return GatewayProcess::start_cluster(2, extra);
+        }
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
         let mut p = GatewayProcess::start_in(&data_dir, extra, None);
         p._tmp = Some(tmp);
         p
+    }
+
+    /// `n` cluster nodes (shared Redis with a fresh prefix, a fresh PostgreSQL
+    /// database) behind a round-robin load balancer, as one `GatewayProcess`.
+    pub fn start_cluster(n: usize, extra: &[&str]) -> GatewayProcess {
+        let database_url = services::PostgresServer::shared().create_database();
+        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let mut flags = cluster::cluster_flags(
+            &services::RedisServer::shared().url(),
+            &database_url,
+            &prefix,
+        );
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let mut nodes: Vec<GatewayProcess> = (0..n)
+            .map(|i| {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let mut f = flags.clone();
+                f.extend(["--node-id".to_string(), format!("n{i}")]);
+                let refs: Vec<&str> = f.iter().map(String::as_str).collect();
+                let mut p = GatewayProcess::start_in(tmp.path(), &refs, None);
+                p._tmp = Some(tmp);
+                p
+            })
+            .collect();
+        let lb = cluster::LoadBalancer::start(
+            nodes
+                .iter()
+                .map(|p| p.node_addr.parse().expect("node addr"))
+                .collect(),
+        );
+        let mut first = nodes.remove(0);
+        first.addr = lb.addr.clone();
+        first.peers = nodes;
+        first.lb = Some(lb);
+        first
     }
 
     /// Start a node on `data_dir`, on `listen` (default port 0).
@@ -104,7 +155,10 @@ impl GatewayProcess {
         let (child, addr) = spawn(&args);
         GatewayProcess {
             child: Some(child),
+            node_addr: addr.clone(),
             addr,
+            peers: Vec::new(),
+            lb: None,
             data_dir: data_dir.to_path_buf(),
             args,
             _tmp: None,
@@ -145,31 +199,52 @@ impl GatewayProcess {
         ClientConfig::new(self.url_for(user))
     }
 
-    /// kill -9, wait for the exit.
+    /// kill -9 (every node), wait for the exit.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for p in &mut self.peers {
+            p.kill9();
+        }
     }
 
-    /// SIGTERM (drain) and wait for the exit; returns the exit status.
+    /// SIGTERM (drain, every node at once) and wait for the exit; returns this
+    /// process's exit status.
     pub fn sigterm(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         signal(c.id(), "TERM");
+        let peers: Vec<Child> = self
+            .peers
+            .iter_mut()
+            .filter_map(|p| p.child.take())
+            .collect();
+        for p in &peers {
+            signal(p.id(), "TERM");
+        }
+        for mut p in peers {
+            let _ = p.wait();
+        }
         c.wait().ok()
     }
 
-    /// Start again on the same data directory and port.
+    /// Start again (every node) on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();
         let mut args = self.args.clone();
         if let Some(i) = args.iter().position(|a| a == "--listen") {
-            args[i + 1] = self.addr.clone();
+            args[i + 1] = self.node_addr.clone();
         }
         let (child, addr) = spawn(&args);
         self.child = Some(child);
-        self.addr = addr;
+        self.node_addr = addr.clone();
+        if self.lb.is_none() {
+            self.addr = addr;
+        }
+        for p in &mut self.peers {
+            p.restart();
+        }
     }
 }
 

@@ -617,10 +617,10 @@ fn postgres_bin_dir() -> PathBuf {
     if let Some((_, bin)) = versions.pop() {
         return bin;
     }
-    if let Some(initdb) = find_in_path("initdb") {
-        if let Some(bin) = initdb.parent() {
-            return bin.to_path_buf();
-        }
+    if let Some(bin) =
+        find_in_path("initdb").and_then(|initdb| Some(initdb.parent()?.to_path_buf()))
+    {
+        return bin;
     }
     panic!(
         "PostgreSQL server binaries (initdb, postgres) not found under /usr/lib/postgresql/*/bin \
