@@ -111,12 +111,26 @@ impl GatewayProcess {
             &database_url,
             &prefix,
         );
-        flags.extend(extra.iter().map(|s| s.to_string()));
+        // A test's own --node-id names node 0; the others get a suffix.
+        let mut base_id: Option<String> = None;
+        let mut it = extra.iter();
+        while let Some(a) = it.next() {
+            if *a == "--node-id" {
+                base_id = it.next().map(|s| s.to_string());
+            } else {
+                flags.push(a.to_string());
+            }
+        }
         let mut nodes: Vec<GatewayProcess> = (0..n)
             .map(|i| {
                 let tmp = tempfile::tempdir().expect("tempdir");
                 let mut f = flags.clone();
-                f.extend(["--node-id".to_string(), format!("n{i}")]);
+                let id = match (&base_id, i) {
+                    (Some(b), 0) => b.clone(),
+                    (Some(b), i) => format!("{b}-{i}"),
+                    (None, i) => format!("n{i}"),
+                };
+                f.extend(["--node-id".to_string(), id]);
                 let refs: Vec<&str> = f.iter().map(String::as_str).collect();
                 let mut p = GatewayProcess::start_in(tmp.path(), &refs, None);
                 p._tmp = Some(tmp);
@@ -165,9 +179,34 @@ impl GatewayProcess {
         }
     }
 
-    /// OS process id.
+    /// OS process id (of the first node in cluster mode).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Process ids of every node.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.pid())
+            .chain(self.peers.iter().map(|p| p.pid()))
+            .collect()
+    }
+
+    /// Listen addresses of every node (the load balancer's is `addr`).
+    pub fn node_addrs(&self) -> Vec<String> {
+        std::iter::once(self.node_addr.clone())
+            .chain(self.peers.iter().map(|p| p.node_addr.clone()))
+            .collect()
+    }
+
+    /// True (and says why on stderr) when a test checks per-process behaviour
+    /// that a multi-node run cannot show through one address: the caller
+    /// returns early in cluster mode.
+    pub fn single_node_only(why: &str) -> bool {
+        let skip = cluster_mode();
+        if skip {
+            eprintln!("single-node test, skipped in cluster mode: {why}");
+        }
+        skip
     }
 
     /// `ws://ADDR/ws`.

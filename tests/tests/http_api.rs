@@ -162,6 +162,11 @@ async fn health_readiness_and_demo_page() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_chorus_series_after_traffic() {
+    if GatewayProcess::single_node_only(
+        "metrics are per process; the balancer may route /metrics to another node",
+    ) {
+        return;
+    }
     let node = GatewayProcess::start(&[]);
     let mut alice = node.connect("alice").await;
     alice.join("general", None).await.unwrap();
@@ -223,6 +228,9 @@ async fn metrics_are_prometheus_text_with_chorus_series_after_traffic() {
 
 #[tokio::test]
 async fn draining_node_is_not_ready_and_refuses_upgrades_and_publishes() {
+    if GatewayProcess::single_node_only("readiness and drain are per process") {
+        return;
+    }
     // To keep the drain open long enough to observe: a client that never reads
     // while the server writes ~20 MB to it blocks its connection task in a
     // write (the write timeout is long); the drain then waits its full deadline.
