@@ -1,7 +1,7 @@
 //! First figures for one node: idle-connection memory and one-room throughput.
 //!
-//! `cargo run --release -p chorus-tests --bin chorus-bench -- [--idle N] [--receivers R]
-//! [--senders S] [--messages M]` starts its own `chorus` (release build next to this
+//! `cargo run --release -p chorus-tests --bin chorus-bench -- [--nodes N] [--idle N]
+//! [--receivers R] [--senders S] [--messages M] [--window W]` starts its own `chorus` (release build next to this
 //! binary) with a fresh data directory, measures, prints a table and exits.
 
 use std::time::{Duration, Instant};
@@ -10,6 +10,8 @@ use chorus_protocol::client::{Client, ClientConfig, Event};
 use chorus_tests::{GatewayProcess, text};
 
 struct Args {
+    /// 0: one embedded node; N >= 2: a cluster of N nodes behind a balancer.
+    nodes: usize,
     idle: usize,
     receivers: usize,
     senders: usize,
@@ -19,6 +21,7 @@ struct Args {
 
 fn parse() -> Args {
     let mut a = Args {
+        nodes: 0,
         idle: 1000,
         receivers: 100,
         senders: 10,
@@ -32,6 +35,7 @@ fn parse() -> Args {
             .parse()
             .unwrap_or_else(|_| panic!("{} needs a number", argv[i]));
         match argv[i].as_str() {
+            "--nodes" => a.nodes = v,
             "--idle" => a.idle = v,
             "--receivers" => a.receivers = v,
             "--senders" => a.senders = v,
@@ -89,6 +93,10 @@ async fn main() {
         "1000000",
         "--send-burst",
         "1000000",
+        "--user-sends-per-sec",
+        "1000000",
+        "--user-send-burst",
+        "1000000",
         "--frames-per-sec",
         "1000000",
         "--frame-burst",
@@ -131,7 +139,16 @@ async fn main() {
     drop(node);
 
     // One room: R receivers, S senders with W sends in flight each.
-    let node = GatewayProcess::start(&limits);
+    let node = if args.nodes >= 2 {
+        println!(
+            "cluster: {} nodes behind a round-robin balancer, Redis + PostgreSQL",
+            args.nodes
+        );
+        GatewayProcess::start_cluster(args.nodes, &limits)
+    } else {
+        GatewayProcess::start(&limits)
+    };
+    let pids = node.pids();
     let mut receivers = Vec::new();
     for i in 0..args.receivers {
         let c = Client::connect(quiet(&node, &format!("r{i}")))
@@ -141,7 +158,7 @@ async fn main() {
         receivers.push(c);
     }
     let total = args.senders * args.messages;
-    let cpu0 = cpu_secs(node.pid());
+    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     let start = Instant::now();
     let mut waits = Vec::new();
     for mut r in receivers {
@@ -203,7 +220,7 @@ async fn main() {
         gaps += w.await.expect("receiver");
     }
     let done = start.elapsed();
-    let cpu = cpu_secs(node.pid()) - cpu0;
+    let cpu = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
     lats.sort();
     let pct = |p: f64| lats[((lats.len() as f64 * p) as usize).min(lats.len() - 1)];
     let deliveries = total * (args.receivers + args.senders);
