@@ -146,6 +146,24 @@ pub struct Config {
     #[arg(long, env = "CHORUS_SEND_BURST", default_value_t = 100)]
     pub send_burst: u64,
 
+    /// Sustained sends per second per user, over all their connections (on every
+    /// node in cluster mode: a Redis token bucket). 0: no per-user limit.
+    #[arg(long, env = "CHORUS_USER_SENDS_PER_SEC", default_value_t = 100)]
+    pub user_sends_per_sec: u64,
+
+    /// Send burst per user (at least 1).
+    #[arg(long, env = "CHORUS_USER_SEND_BURST", default_value_t = 200)]
+    pub user_send_burst: u64,
+
+    /// Sustained sends per second per tenant, over all its users and HTTP
+    /// publishes (on every node in cluster mode). 0: no per-tenant limit.
+    #[arg(long, env = "CHORUS_TENANT_SENDS_PER_SEC", default_value_t = 0)]
+    pub tenant_sends_per_sec: u64,
+
+    /// Send burst per tenant (at least 1). Default: twice --tenant-sends-per-sec.
+    #[arg(long, env = "CHORUS_TENANT_SEND_BURST")]
+    pub tenant_send_burst: Option<u64>,
+
     /// Sustained inbound frames per second per connection before closing 4004 (flood).
     #[arg(long, env = "CHORUS_FRAMES_PER_SEC", default_value_t = 200)]
     pub frames_per_sec: u64,

@@ -464,7 +464,7 @@ impl Conn {
                 cid,
                 body,
                 meta,
-            } => self.send(id, room, cid, body, meta),
+            } => self.send(id, room, cid, body, meta).await,
             ClientFrame::History {
                 id,
                 room,
@@ -734,7 +734,12 @@ impl Conn {
             .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
     }
 
-    fn send(
+    /// Validate a send, apply the limits (this connection's bucket first: a
+    /// flooding socket is refused without a Redis round trip; then the user's
+    /// and the tenant's shared buckets), and queue it; its ack comes through
+    /// `pending`. The shared check is awaited here, not in `pending`, so sends
+    /// reach the router in the order the client sent them.
+    async fn send(
         &mut self,
         id: Option<u64>,
         room: String,
@@ -764,6 +769,18 @@ impl Conn {
                 code: ErrorCode::RateLimited,
                 message: format!("at most {} sends per second", self.node.cfg.sends_per_sec),
                 retry_after_ms: Some(wait.as_millis() as u64 + 1),
+            });
+        }
+        if let Err(r) = self
+            .node
+            .limits
+            .check(Some(&self.user_key), self.ident.tenant.as_deref())
+            .await
+        {
+            return Err(Fail {
+                code: ErrorCode::RateLimited,
+                message: r.message(),
+                retry_after_ms: Some(r.retry_after_ms()),
             });
         }
         let req = SendRequest {

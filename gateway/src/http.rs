@@ -451,6 +451,18 @@ async fn post_message(
             "node is draining",
         ));
     }
+    // A backend publishes for any sender, so only the tenant's limit applies.
+    // Retry-After is in whole seconds (rounded up); the message has the ms.
+    if let Err(r) = node.limits.check(None, q.tenant()?).await {
+        metrics::counter!("chorus_rate_limited_total").increment(1);
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{}; retry in {} ms", r.message(), r.retry_after_ms()),
+        );
+        err.retry_after = Some(r.retry_after_ms().div_ceil(1000));
+        return Err(err);
+    }
     let req = SendRequest {
         room: key,
         sender: p.sender,

@@ -25,6 +25,7 @@ use crate::ownership::Ownership;
 use crate::presence::{
     LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,
 };
+use crate::ratelimit::SendLimits;
 use crate::router::{Forwarder, Router};
 use crate::sequencer::{OnFenced, Sequencer, SequencerConfig};
 
@@ -51,6 +52,9 @@ pub struct ClusterParts {
     pub client: fred::prelude::Client,
     /// Rooms the writer must re-claim (shared with `ownership`).
     pub reclaim: Arc<DashMap<String, ()>>,
+    /// Redis command client of the send limits: a connection of its own, so a
+    /// send's limit check never queues behind fan-out publishes.
+    pub limits_client: fred::prelude::Client,
 }
 
 /// Shared state of one gateway process.
@@ -68,6 +72,8 @@ pub struct Node {
     pub router: Router,
     /// Cluster-mode parts (Redis broker, room ownership), if configured.
     pub cluster: Option<ClusterParts>,
+    /// Per-user and per-tenant send limits (Redis in cluster mode, else in process).
+    pub limits: SendLimits,
     /// Session id -> presence slot (see `SessionSlot`).
     sessions: DashMap<String, SessionSlot>,
     /// User key -> open connections on this node.
@@ -130,6 +136,7 @@ impl Node {
                     ownership,
                     client,
                     reclaim,
+                    limits_client: command_client(&redis_url).await?,
                 };
                 Node::assemble(cfg, id, hub, store, redis, presence, Some(cluster))
             }
@@ -194,6 +201,10 @@ impl Node {
                 Router::Cluster(f)
             }
         };
+        let limits = match &cluster {
+            Some(c) => SendLimits::redis(&cfg, c.limits_client.clone(), cfg.redis_prefix.clone()),
+            None => SendLimits::local(&cfg),
+        };
         let node = Arc::new(Node {
             cfg,
             id,
@@ -204,6 +215,7 @@ impl Node {
             presence,
             sequencer,
             router,
+            limits,
             cluster,
             sessions: DashMap::new(),
             user_conns: DashMap::new(),

@@ -92,6 +92,11 @@ impl Ownership {
         {
             return Ok(Owner::Other(seen.0.clone()));
         }
+        if !self.client.is_connected() {
+            // Fail at once rather than after the command timeout: the caller
+            // answers `unavailable` and the client retries.
+            return Err(Error::new(ErrorKind::Unknown, "redis not connected"));
+        }
         let key = self.key(room);
         for _ in 0..3 {
             let taken: Option<String> = self

@@ -1,6 +1,33 @@
-//! Token buckets for per-connection limits.
+//! Send limits.
+//!
+//! Two lines of defence, checked in this order:
+//! 1. [`TokenBucket`] per connection, owned by the connection's task: no lock,
+//!    no I/O, so a flood from one socket is refused before it costs anything.
+//! 2. [`SendLimits`] per user (all their connections, on every node) and per
+//!    tenant (all its users), shared: in cluster mode a token bucket pair in
+//!    Redis, checked and taken in one atomic Lua script run (one `EVALSHA` per
+//!    send, by Redis' clock); in embedded mode the same buckets in process.
+//!
+//! Redis keys (hashes `tk`, `ts`; see `lua/send_limit.lua`):
+//! `{prefix}rl:u:{user_key}` and `{prefix}rl:t:{tenant}` (the default tenant is
+//! the empty id). Both go to one script run, so on a Redis Cluster the prefix
+//! needs a hash tag (`{chorus}:`), as for presence.
+//!
+//! In cluster mode the shared limits fail open: when Redis does not answer, a
+//! send is allowed (counted in `chorus_send_limit_fail_open_total`). Chat that
+//! keeps working matters more than a limit holding exactly while Redis is away,
+//! and the per-connection buckets still bound every socket meanwhile.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use fred::prelude::{Client, ClientLike};
+use fred::types::scripts::Script;
+use tracing::debug;
+
+use crate::config::Config;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug, Clone)]
@@ -28,16 +55,358 @@ impl TokenBucket {
     }
 
     fn take_at(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        match self.wait() {
+            None => {
+                self.tokens -= 1.0;
+                Ok(())
+            }
+            Some(wait) => Err(wait),
+        }
+    }
+
+    /// Add what accrued since the last refill.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+    }
+
+    /// How long until a token is available; `None` if one is now.
+    fn wait(&self) -> Option<Duration> {
+        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+    }
+
+    /// Whether the bucket is full: it then says no more than a new one would.
+    fn full(&self) -> bool {
+        self.tokens >= self.burst
+    }
+}
+
+/// Which shared limit refused a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Tenant,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Tenant => "tenant",
         }
     }
+}
+
+/// A send over a shared limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub scope: Scope,
+    /// When the refusing bucket has a token again.
+    pub retry_after: Duration,
+    /// That bucket's sustained rate, for the error message.
+    pub rate: u64,
+}
+
+impl Refused {
+    /// `retry_after` in whole milliseconds, at least 1.
+    pub fn retry_after_ms(&self) -> u64 {
+        (self.retry_after.as_millis() as u64).max(1)
+    }
+
+    /// The error message for the client.
+    pub fn message(&self) -> String {
+        format!(
+            "at most {} sends per second per {}",
+            self.rate,
+            self.scope.as_str()
+        )
+    }
+}
+
+/// One shared limit: sustained `rate` per second, `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rate {
+    rate: u64,
+    burst: u64,
+}
+
+impl Rate {
+    /// `None` when `rate` is 0 (no limit).
+    fn new(rate: u64, burst: u64) -> Option<Rate> {
+        (rate > 0).then(|| Rate {
+            rate,
+            burst: burst.max(1),
+        })
+    }
+
+    /// The Lua script's two arguments (`0 0`: no limit).
+    fn args(rate: Option<Rate>) -> [String; 2] {
+        match rate {
+            Some(r) => [r.rate.to_string(), r.burst.to_string()],
+            None => ["0".into(), "0".into()],
+        }
+    }
+}
+
+/// The tenant limit of `cfg`; its burst defaults to twice the rate.
+fn tenant_rate(cfg: &Config) -> Option<Rate> {
+    let rate = cfg.tenant_sends_per_sec;
+    Rate::new(
+        rate,
+        cfg.tenant_send_burst.unwrap_or(rate.saturating_mul(2)),
+    )
+}
+
+/// Per-user and per-tenant send limits, shared by every connection of a node
+/// (embedded) or of a cluster (Redis).
+pub struct SendLimits {
+    user: Option<Rate>,
+    tenant: Option<Rate>,
+    backend: Backend,
+}
+
+enum Backend {
+    Local(LocalBuckets),
+    Redis(RedisBuckets),
+}
+
+impl SendLimits {
+    /// In-process buckets (embedded mode: one node sees every send).
+    pub fn local(cfg: &Config) -> SendLimits {
+        SendLimits {
+            user: Rate::new(cfg.user_sends_per_sec, cfg.user_send_burst),
+            tenant: tenant_rate(cfg),
+            backend: Backend::Local(LocalBuckets::new(MAX_LOCAL_BUCKETS)),
+        }
+    }
+
+    /// Buckets in Redis under `prefix` (cluster mode), through `client`, which
+    /// should be a connection of its own so that a send's check does not queue
+    /// behind fan-out publishes.
+    pub fn redis(cfg: &Config, client: Client, prefix: String) -> SendLimits {
+        SendLimits {
+            user: Rate::new(cfg.user_sends_per_sec, cfg.user_send_burst),
+            tenant: tenant_rate(cfg),
+            backend: Backend::Redis(RedisBuckets {
+                client,
+                prefix,
+                script: Script::from_lua(SEND_LIMIT_LUA),
+                base: Instant::now(),
+                skip_until_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Take one send from the user's and the tenant's buckets (both or
+    /// neither). `user_key` is `None` for sends without a user (HTTP publish:
+    /// only the tenant limit applies); `tenant` is `None` for the default tenant,
+    /// which is limited as one tenant too.
+    pub async fn check(&self, user_key: Option<&str>, tenant: Option<&str>) -> Result<(), Refused> {
+        let user = self.user.filter(|_| user_key.is_some());
+        if user.is_none() && self.tenant.is_none() {
+            return Ok(());
+        }
+        // The default tenant is "": no tenant id is empty (see `valid_tenant`).
+        let tenant_id = tenant.unwrap_or("");
+        let user_key = user_key.unwrap_or("");
+        let result = match &self.backend {
+            Backend::Local(b) => b.take(
+                user.map(|r| (user_key, r)),
+                self.tenant.map(|r| (tenant_id, r)),
+            ),
+            Backend::Redis(b) => b.take(user, user_key, self.tenant, tenant_id).await,
+        };
+        if let Err(r) = &result {
+            metrics::counter!("chorus_send_limit_refusals_total", "scope" => r.scope.as_str())
+                .increment(1);
+        }
+        result
+    }
+}
+
+/// Most buckets the in-process limiter keeps; past it, idle buckets (full
+/// again, so worth nothing) go first, then the least recently used.
+const MAX_LOCAL_BUCKETS: usize = 100_000;
+
+/// The embedded mode's buckets: user and tenant buckets in one map, under one
+/// std Mutex so that a send takes from both atomically. The lock is held for a
+/// few arithmetic operations, never across `.await`.
+struct LocalBuckets {
+    map: Mutex<HashMap<String, TokenBucket>>,
+    max: usize,
+}
+
+impl LocalBuckets {
+    fn new(max: usize) -> LocalBuckets {
+        LocalBuckets {
+            map: Mutex::new(HashMap::new()),
+            max: max.max(2),
+        }
+    }
+
+    fn take(
+        &self,
+        user: Option<(&str, Rate)>,
+        tenant: Option<(&str, Rate)>,
+    ) -> Result<(), Refused> {
+        self.take_at(Instant::now(), user, tenant)
+    }
+
+    fn take_at(
+        &self,
+        now: Instant,
+        user: Option<(&str, Rate)>,
+        tenant: Option<(&str, Rate)>,
+    ) -> Result<(), Refused> {
+        let wanted: Vec<(String, Scope, Rate)> = user
+            .map(|(k, r)| (format!("u:{k}"), Scope::User, r))
+            .into_iter()
+            .chain(tenant.map(|(k, r)| (format!("t:{k}"), Scope::Tenant, r)))
+            .collect();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() + wanted.len() > self.max {
+            evict(&mut map, now, self.max);
+        }
+        let mut refused: Option<Refused> = None;
+        for (key, scope, rate) in &wanted {
+            let b = map
+                .entry(key.clone())
+                .or_insert_with(|| TokenBucket::new(rate.rate, rate.burst));
+            b.refill(now);
+            if let Some(wait) = b.wait()
+                && refused.as_ref().is_none_or(|r| wait > r.retry_after)
+            {
+                refused = Some(Refused {
+                    scope: *scope,
+                    retry_after: wait,
+                    rate: rate.rate,
+                });
+            }
+        }
+        if let Some(r) = refused {
+            return Err(r);
+        }
+        for (key, _, _) in &wanted {
+            if let Some(b) = map.get_mut(key) {
+                b.tokens -= 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Make room in a full bucket map: drop the buckets that refilled (a new
+/// bucket is full too, so nothing is forgiven); if that frees less than a
+/// tenth, drop the least recently used down to 90 %, so the O(n) pass runs at
+/// most once per `max / 10` new keys.
+fn evict(map: &mut HashMap<String, TokenBucket>, now: Instant, max: usize) {
+    map.retain(|_, b| {
+        b.refill(now);
+        !b.full()
+    });
+    let target = max - max / 10;
+    if map.len() > target {
+        let mut by_age: Vec<(Instant, String)> =
+            map.iter().map(|(k, b)| (b.last, k.clone())).collect();
+        by_age.sort_unstable();
+        let excess = map.len() - target;
+        for (_, k) in by_age.into_iter().take(excess) {
+            map.remove(&k);
+        }
+    }
+}
+
+const SEND_LIMIT_LUA: &str = include_str!("lua/send_limit.lua");
+
+/// Bound on one limit check: past it the send goes ahead (fail open). A
+/// loopback or LAN Redis answers in well under a millisecond.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After a failed check, skip Redis for this long: while Redis is away every
+/// send would otherwise wait `REDIS_TIMEOUT` first.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The cluster mode's buckets, in Redis.
+struct RedisBuckets {
+    client: Client,
+    prefix: String,
+    script: Script,
+    /// Origin of `skip_until_ms`.
+    base: Instant,
+    /// Milliseconds after `base` before which checks fail open without asking
+    /// Redis (set after a failure).
+    skip_until_ms: AtomicU64,
+}
+
+impl RedisBuckets {
+    async fn take(
+        &self,
+        user: Option<Rate>,
+        user_key: &str,
+        tenant: Option<Rate>,
+        tenant_id: &str,
+    ) -> Result<(), Refused> {
+        let now_ms = self.base.elapsed().as_millis() as u64;
+        if now_ms < self.skip_until_ms.load(Ordering::Relaxed) {
+            return fail_open("redis recently unreachable");
+        }
+        if !self.client.is_connected() {
+            self.back_off(now_ms);
+            return fail_open("redis not connected");
+        }
+        let keys = vec![
+            format!("{}rl:u:{user_key}", self.prefix),
+            format!("{}rl:t:{tenant_id}", self.prefix),
+        ];
+        let [ur, ub] = Rate::args(user);
+        let [tr, tb] = Rate::args(tenant);
+        let call = self.script.evalsha_with_reload::<Vec<i64>, _, _>(
+            &self.client,
+            keys,
+            vec![ur, ub, tr, tb],
+        );
+        let reply = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.back_off(now_ms);
+                return fail_open(&format!("redis: {e}"));
+            }
+            Err(_) => {
+                self.back_off(now_ms);
+                return fail_open("redis did not answer in time");
+            }
+        };
+        match reply.as_slice() {
+            [0, _] => Ok(()),
+            [wait, scope] if *wait > 0 => {
+                let (scope, rate) = if *scope == 2 {
+                    (Scope::Tenant, tenant)
+                } else {
+                    (Scope::User, user)
+                };
+                Err(Refused {
+                    scope,
+                    retry_after: Duration::from_millis(*wait as u64),
+                    rate: rate.map(|r| r.rate).unwrap_or(0),
+                })
+            }
+            _ => fail_open("unexpected reply from the send limit script"),
+        }
+    }
+
+    fn back_off(&self, now_ms: u64) {
+        self.skip_until_ms
+            .store(now_ms + REDIS_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Allow a send the shared limits could not judge (see the module docs).
+fn fail_open(why: &str) -> Result<(), Refused> {
+    debug!(why, "send limits unavailable; allowing the send");
+    metrics::counter!("chorus_send_limit_fail_open_total").increment(1);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -58,5 +427,60 @@ mod tests {
         );
         b.take_at(t0 + Duration::from_millis(100)).unwrap();
         assert!(b.take_at(t0 + Duration::from_millis(100)).is_err());
+    }
+
+    fn rate(rate: u64, burst: u64) -> Rate {
+        Rate::new(rate, burst).unwrap()
+    }
+
+    #[test]
+    fn user_and_tenant_take_together_or_not_at_all() {
+        let b = LocalBuckets::new(100);
+        let t0 = Instant::now();
+        let (u, t) = (rate(10, 2), rate(10, 3));
+        b.take_at(t0, Some(("a", u)), Some(("x", t))).unwrap();
+        b.take_at(t0, Some(("a", u)), Some(("x", t))).unwrap();
+        // The user is out; the tenant keeps its last token.
+        let r = b.take_at(t0, Some(("a", u)), Some(("x", t))).unwrap_err();
+        assert_eq!(r.scope, Scope::User);
+        assert!(r.retry_after > Duration::from_millis(90), "{r:?}");
+        b.take_at(t0, Some(("b", u)), Some(("x", t))).unwrap();
+        let r = b.take_at(t0, Some(("c", u)), Some(("x", t))).unwrap_err();
+        assert_eq!(r.scope, Scope::Tenant);
+        assert_eq!(r.message(), "at most 10 sends per second per tenant");
+        // Refills at the rate.
+        b.take_at(
+            t0 + Duration::from_millis(100),
+            Some(("c", u)),
+            Some(("x", t)),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let b = LocalBuckets::new(50);
+        let t0 = Instant::now();
+        for i in 0..500 {
+            let user = format!("u{i}");
+            b.take_at(t0, Some((&user, rate(1, 5))), None).unwrap();
+        }
+        assert!(b.map.lock().unwrap().len() <= 50);
+        // Idle buckets go first: once they refilled, a new key evicts them all.
+        let b = LocalBuckets::new(10);
+        for i in 0..10 {
+            let user = format!("u{i}");
+            b.take_at(t0, Some((&user, rate(1, 5))), None).unwrap();
+        }
+        assert_eq!(b.map.lock().unwrap().len(), 10);
+        let later = t0 + Duration::from_secs(10);
+        b.take_at(later, Some(("fresh", rate(1, 5))), None).unwrap();
+        assert_eq!(b.map.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn no_limit_when_rate_is_zero() {
+        assert_eq!(Rate::new(0, 10), None);
+        assert_eq!(Rate::args(None), ["0".to_string(), "0".to_string()]);
     }
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// Lifted per-connection limits, for tests that pump traffic.
 const UNLIMITED: &[&str] = &[
+    "--user-sends-per-sec",
+    "0",
     "--sends-per-sec",
     "100000",
     "--send-burst",

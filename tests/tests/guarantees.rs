@@ -23,7 +23,8 @@ use chorus_tests::{API_KEY, GatewayProcess, text};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-/// Flags that lift the per-connection rate limits, for tests that pump traffic.
+/// Flags that lift the per-connection and per-user rate limits, for tests
+/// that pump traffic.
 const UNLIMITED: &[&str] = &[
     "--sends-per-sec",
     "100000",
@@ -33,6 +34,8 @@ const UNLIMITED: &[&str] = &[
     "100000",
     "--frame-burst",
     "100000",
+    "--user-sends-per-sec",
+    "0",
 ];
 
 fn flags(extra: &[&'static str]) -> Vec<&'static str> {

@@ -2067,6 +2067,8 @@ async fn writer_queue_overflow_is_unavailable_and_retryable() {
         "100000",
         "--frame-burst",
         "100000",
+        "--user-sends-per-sec",
+        "0",
     ]);
     let (mut raw, _) = RawWs::hello(&node, "alice").await;
     raw.join(1, "r").await;
@@ -2163,6 +2165,8 @@ async fn close_4002_slow_consumer_spares_everyone_else() {
         "100000",
         "--frame-burst",
         "100000",
+        "--user-sends-per-sec",
+        "0",
     ]);
     // The slow one: a socket with a small receive buffer that stops reading.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -380,6 +380,15 @@ impl Broker for RedisBroker {
         // Local members first (no Redis round trip), then everyone else.
         self.hub.deliver(room, frames.into());
         self.advance(room, last);
+        // Redis away: do not wait for it. fred would queue the publish until the
+        // command timeout, holding the writer (and every ack of the batch) that
+        // long while the batch is already committed. Other nodes find the
+        // missing range by seq (next batch, tip check, reconnect) and read it
+        // from history.
+        if !self.client.is_connected() {
+            metrics::counter!("chorus_redis_errors_total", "op" => "publish").increment(1);
+            return Err(BrokerError("redis not connected".into()));
+        }
         let sent: Result<i64, Error> = self.client.publish(self.room_channel(room), payload).await;
         sent.map(|_| ()).map_err(|e| {
             metrics::counter!("chorus_redis_errors_total", "op" => "publish").increment(1);
@@ -394,6 +403,11 @@ impl Broker for RedisBroker {
         except: Option<ConnId>,
     ) -> Result<(), BrokerError> {
         self.hub.broadcast(room, &frame, except);
+        // Ephemeral and best effort: with Redis away, drop it at once rather
+        // than hold the caller (a connection's loop) for the command timeout.
+        if !self.client.is_connected() {
+            return Err(BrokerError("redis not connected".into()));
+        }
         let except = except.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
         let payload = format!("E {} {except}\n{}", self.node, frame.as_str());
         let sent: Result<i64, Error> = self.client.publish(self.room_channel(room), payload).await;
