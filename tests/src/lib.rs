@@ -364,6 +364,55 @@ pub fn token(user: &str, ttl_secs: i64, rooms: Option<&[&str]>, tenant: Option<&
     .expect("sign token")
 }
 
+/// One stored message as `GET /v1/rooms/{room}/messages` returns it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StoredMsg {
+    pub seq: u64,
+    pub id: String,
+    pub sender: String,
+    pub cid: Option<String>,
+    pub body: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryPage {
+    messages: Vec<StoredMsg>,
+    has_more: bool,
+}
+
+impl GatewayProcess {
+    /// A room's whole history through the HTTP API, paging forwards with `after`.
+    pub async fn history(&self, room: &str) -> Vec<StoredMsg> {
+        let http = reqwest::Client::new();
+        let mut out: Vec<StoredMsg> = Vec::new();
+        let mut after = 0;
+        loop {
+            let url = format!(
+                "{}/v1/rooms/{room}/messages?after={after}&limit=100",
+                self.http_url()
+            );
+            let resp = http
+                .get(&url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            assert_eq!(resp.status(), 200, "GET {url}");
+            let page: HistoryPage = resp.json().await.expect("history page");
+            let Some(last) = page.messages.last() else {
+                assert!(!page.has_more, "empty page with has_more");
+                break;
+            };
+            after = last.seq;
+            out.extend(page.messages);
+            if !page.has_more {
+                break;
+            }
+        }
+        out
+    }
+}
+
 /// A text body `{"text": ...}`.
 pub fn text(s: &str) -> chorus_protocol::Json {
     chorus_protocol::Json::from_value(&serde_json::json!({ "text": s }))

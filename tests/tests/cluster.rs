@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use chorus_protocol::client::{Ack, Client, ClientConfig, Event};
+use chorus_tests::StoredMsg as Stored;
 use chorus_tests::cluster::Cluster;
 use chorus_tests::{API_KEY, GatewayProcess, signal, text};
 use fred::prelude::*;
-use serde::Deserialize;
 
 /// Lifted per-connection limits, for tests that pump traffic.
 const UNLIMITED: &[&str] = &[
@@ -40,49 +40,6 @@ fn on(node: &GatewayProcess, user: &str) -> ClientConfig {
         max_send_attempts: 40,
         detect_dead: false,
         ..node.config(user)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct Stored {
-    seq: u64,
-    sender: String,
-    cid: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    messages: Vec<Stored>,
-    has_more: bool,
-}
-
-/// A room's whole history through one node's HTTP API.
-async fn history(node: &GatewayProcess, room: &str) -> Vec<Stored> {
-    let http = reqwest::Client::new();
-    let mut out: Vec<Stored> = Vec::new();
-    let mut after = 0;
-    loop {
-        let url = format!(
-            "{}/v1/rooms/{room}/messages?after={after}&limit=100",
-            node.http_url()
-        );
-        let page: Page = http
-            .get(&url)
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .expect("history request")
-            .json()
-            .await
-            .expect("history page");
-        let more = page.has_more;
-        if let Some(m) = page.messages.last() {
-            after = m.seq;
-        }
-        out.extend(page.messages);
-        if !more {
-            return out;
-        }
     }
 }
 
@@ -207,7 +164,7 @@ async fn three_nodes_one_room_total_order() {
         );
         assert_eq!(c.handle().gaps(), 0);
     }
-    assert_gap_free(&history(&cluster.nodes[1], "hot").await, total);
+    assert_gap_free(&cluster.nodes[1].history("hot").await, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -334,7 +291,7 @@ async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
         last = at;
     }
     let live = (0..3).find(|i| *i != owner).unwrap();
-    let stored = history(&cluster.nodes[live], "busy").await;
+    let stored = cluster.nodes[live].history("busy").await;
     let n = stored.len() as u64;
     assert_gap_free(&stored, n);
     for (seq, cid) in &acked {
@@ -381,7 +338,7 @@ async fn paused_owner_is_fenced_when_it_wakes_up() {
     signal(n0.pid(), "CONT");
     // The old owner's batch is fenced; the client's retry lands through node 1.
     let ack = pending.await.unwrap().expect("the retried send completes");
-    let stored = history(n1, "f").await;
+    let stored = n1.history("f").await;
     let n = stored.len() as u64;
     assert_gap_free(&stored, n);
     assert_eq!(n, 7, "own + 5 + while-paused, each once");
@@ -419,7 +376,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
         (1..=200).collect::<Vec<_>>(),
         "gaps filled from history"
     );
-    assert_gap_free(&history(&cluster.nodes[1], "rr").await, 200);
+    assert_gap_free(&cluster.nodes[1].history("rr").await, 200);
     // Presence is rebuilt by the nodes' refresh.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let users = reader.presence("rr").await.unwrap();

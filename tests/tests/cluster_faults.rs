@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use chorus_protocol::ErrorCode;
 use chorus_protocol::client::{Client, ClientConfig, ClientError, Event};
+use chorus_tests::StoredMsg as Stored;
 use chorus_tests::cluster::{Cluster, RedisHandle, cluster_flags};
 use chorus_tests::services::{PostgresServer, RedisServer};
 use chorus_tests::{API_KEY, GatewayProcess, text};
 use fred::prelude::*;
-use serde::Deserialize;
 
 /// Lifted per-connection and per-user limits: these tests are about faults.
 const UNLIMITED: &[&str] = &[
@@ -88,49 +88,6 @@ impl PgCluster {
             nodes,
             pg,
             _dirs: dirs,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct Stored {
-    seq: u64,
-    sender: String,
-    cid: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    messages: Vec<Stored>,
-    has_more: bool,
-}
-
-/// A room's whole history through one node's HTTP API.
-async fn history(node: &GatewayProcess, room: &str) -> Vec<Stored> {
-    let http = reqwest::Client::new();
-    let mut out: Vec<Stored> = Vec::new();
-    let mut after = 0;
-    loop {
-        let url = format!(
-            "{}/v1/rooms/{room}/messages?after={after}&limit=100",
-            node.http_url()
-        );
-        let page: Page = http
-            .get(&url)
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .expect("history request")
-            .json()
-            .await
-            .expect("history page");
-        let more = page.has_more;
-        if let Some(m) = page.messages.last() {
-            after = m.seq;
-        }
-        out.extend(page.messages);
-        if !more {
-            return out;
         }
     }
 }
@@ -310,7 +267,8 @@ async fn redis_down_then_back() {
         assert!(took < Duration::from_secs(1), "{cid} took {took:?}");
         home_acked.push(cid);
     }
-    let stored: Vec<String> = history(n0, "home")
+    let stored: Vec<String> = n0
+        .history("home")
         .await
         .into_iter()
         .filter_map(|m| m.cid)
@@ -364,8 +322,8 @@ async fn redis_down_then_back() {
             .unwrap();
     }
     eprintln!("redis back: 12 sends took {:?}", t.elapsed());
-    let home = history(n1, "home").await;
-    let away = history(n0, "away").await;
+    let home = n1.history("home").await;
+    let away = n0.history("away").await;
     let home_cids = assert_gap_free(&home);
     assert_gap_free(&away);
     assert_eq!(home.len(), 12);
@@ -471,7 +429,7 @@ async fn postgres_down_then_back() {
     );
     wait_ready(n0, Duration::from_secs(10), "200", |s, _| s == 200).await;
     wait_ready(n1, Duration::from_secs(10), "200", |s, _| s == 200).await;
-    let stored = history(n1, "pg").await;
+    let stored = n1.history("pg").await;
     let cids = assert_gap_free(&stored);
     assert_eq!(stored.len(), 13);
     assert!(cids.contains("a-down") && cids.contains("b-down"));
@@ -568,7 +526,7 @@ async fn postgres_stall_shorter_and_longer_than_the_send_timeout() {
             .unwrap_or_else(|e| panic!("{cid} after the resume: {e:?}"));
     }
     eprintln!("postgres resumed: retries done in {:?}", resumed.elapsed());
-    let stored = history(n1, "st").await;
+    let stored = n1.history("st").await;
     let cids = assert_gap_free(&stored);
     assert_eq!(stored.len(), 9, "first + 2 short + 6 long, each once");
     for cid in failed.keys() {

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use chorus_protocol::client::{Ack, Client, ClientConfig, ClientError, ClientHandle, Event};
 use chorus_protocol::{ErrorCode, Message, Resume};
+use chorus_tests::StoredMsg as Stored;
 use chorus_tests::{API_KEY, GatewayProcess, text};
 use futures_util::StreamExt;
-use serde::Deserialize;
 
 /// Flags that lift the per-connection and per-user rate limits, for tests
 /// that pump traffic.
@@ -51,54 +51,6 @@ fn patient(node: &GatewayProcess, user: &str) -> ClientConfig {
         max_send_attempts: 20,
         ..node.config(user)
     }
-}
-
-/// One stored message as the HTTP API returns it.
-#[derive(Debug, Clone, Deserialize)]
-struct Stored {
-    seq: u64,
-    id: String,
-    sender: String,
-    cid: Option<String>,
-    body: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    messages: Vec<Stored>,
-    has_more: bool,
-}
-
-/// The whole history of a room through `GET /v1/rooms/{room}/messages`, paging
-/// forwards with `after`.
-async fn http_history(node: &GatewayProcess, room: &str) -> Vec<Stored> {
-    let http = reqwest::Client::new();
-    let mut out: Vec<Stored> = Vec::new();
-    let mut after = 0;
-    loop {
-        let url = format!(
-            "{}/v1/rooms/{room}/messages?after={after}&limit=100",
-            node.http_url()
-        );
-        let resp = http
-            .get(&url)
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert_eq!(resp.status(), 200, "GET {url}");
-        let page: Page = resp.json().await.expect("history page");
-        let Some(last) = page.messages.last() else {
-            assert!(!page.has_more, "empty page with has_more");
-            break;
-        };
-        after = last.seq;
-        out.extend(page.messages);
-        if !page.has_more {
-            break;
-        }
-    }
-    out
 }
 
 /// Asserts the structural invariants of a room's history (seq 1..=n without gap
@@ -358,7 +310,7 @@ async fn total_order_under_concurrent_senders() {
     assert_eq!(ack_seqs, (1..=TOTAL).collect::<BTreeSet<u64>>());
 
     // History: each (sender, cid) once, seqs 1..=TOTAL, matching the acks.
-    let hist = http_history(&node, ROOM).await;
+    let hist = node.history(ROOM).await;
     assert_eq!(hist.len(), TOTAL as usize);
     let by_cid = check_history(&hist);
     for (sender, a) in &acks {
@@ -487,7 +439,7 @@ async fn same_cid_is_stored_once_across_retries_and_connections() {
         "unexpected messages: {extra:?}"
     );
 
-    let hist = http_history(&node, ROOM).await;
+    let hist = node.history(ROOM).await;
     let by_cid = check_history(&hist);
     assert_eq!(hist.len(), 3);
     let stored = &by_cid[&("alice".to_owned(), "c-1".to_owned())];
@@ -747,7 +699,7 @@ async fn acked_messages_survive_kill_9() {
         // Sends cut off by the previous crash come back as retries with their
         // cid: stored ones must answer duplicate with the seq history holds.
         if !in_doubt.is_empty() {
-            let hist = check_history(&http_history(&node, ROOM).await);
+            let hist = check_history(&node.history(ROOM).await);
             for (sender, cid) in in_doubt.drain(..) {
                 let s: usize = sender[1..].parse().unwrap();
                 let ack = handles[s]
@@ -836,7 +788,7 @@ async fn acked_messages_survive_kill_9() {
         assert!(ledger.acked.len() >= PER_ROUND);
 
         node.restart();
-        let hist = http_history(&node, ROOM).await;
+        let hist = node.history(ROOM).await;
         let by_cid = check_history(&hist);
         for ((sender, cid), ack) in all_acked.iter().chain(&ledger.acked) {
             let m = by_cid
@@ -988,7 +940,7 @@ async fn sigterm_drains_without_losing_acked_messages() {
 
     node.restart();
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    let hist = http_history(&node, ROOM).await;
+    let hist = node.history(ROOM).await;
     let by_cid = check_history(&hist);
     for (sender, ack) in &acked {
         let m = by_cid
