@@ -64,6 +64,12 @@ impl Cluster {
 
     fn start_with(n: usize, extra: &[&str], redis: RedisHandle) -> Cluster {
         let database_url = PostgresServer::shared().create_database();
+        Cluster::start_on(n, extra, redis, database_url)
+    }
+
+    /// `n` nodes on the given Redis and database (a test that kills or pauses
+    /// PostgreSQL starts its own server and passes a database of it).
+    pub fn start_on(n: usize, extra: &[&str], redis: RedisHandle, database_url: String) -> Cluster {
         let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
         let mut flags = cluster_flags(&redis.server().url(), &database_url, &prefix);
         flags.extend(extra.iter().map(|s| s.to_string()));

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chorus_protocol::ErrorCode;
 use chorus_protocol::client::{Client, ClientConfig, ClientError, Event};
 use chorus_tests::StoredMsg as Stored;
-use chorus_tests::cluster::{Cluster, RedisHandle, cluster_flags};
+use chorus_tests::cluster::{Cluster, RedisHandle};
 use chorus_tests::services::{PostgresServer, RedisServer};
 use chorus_tests::{API_KEY, GatewayProcess, text};
 use fred::prelude::*;
@@ -62,33 +62,16 @@ fn on(node: &GatewayProcess, user: &str) -> ClientConfig {
 /// A cluster on a PostgreSQL of the test's own (to kill or pause) and the
 /// shared Redis.
 struct PgCluster {
-    nodes: Vec<GatewayProcess>,
+    cluster: Cluster,
     pg: PostgresServer,
-    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl PgCluster {
     fn start(n: usize, extra: &[&str]) -> PgCluster {
         let pg = PostgresServer::start();
-        let database_url = pg.create_database();
-        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
-        let mut base = cluster_flags(&RedisServer::shared().url(), &database_url, &prefix);
-        base.extend(extra.iter().map(|s| s.to_string()));
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..n {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut f = base.clone();
-            f.extend(["--node-id".to_string(), format!("n{i}")]);
-            let refs: Vec<&str> = f.iter().map(String::as_str).collect();
-            nodes.push(GatewayProcess::start_in(dir.path(), &refs, None));
-            dirs.push(dir);
-        }
-        PgCluster {
-            nodes,
-            pg,
-            _dirs: dirs,
-        }
+        let redis = RedisHandle::Shared(RedisServer::shared());
+        let cluster = Cluster::start_on(n, extra, redis, pg.create_database());
+        PgCluster { cluster, pg }
     }
 }
 
@@ -358,7 +341,7 @@ async fn redis_down_then_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_down_then_back() {
     let mut cluster = PgCluster::start(2, &flags(&[]));
-    let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (n0, n1) = (&cluster.cluster.nodes[0], &cluster.cluster.nodes[1]);
     let mut alice = Client::connect(on(n0, "alice")).await.unwrap();
     let mut bob = Client::connect(on(n1, "bob")).await.unwrap();
     alice.join("pg", None).await.unwrap();
@@ -441,7 +424,7 @@ async fn postgres_down_then_back() {
 async fn postgres_stall_shorter_and_longer_than_the_send_timeout() {
     const SEND_TIMEOUT: Duration = Duration::from_secs(4);
     let cluster = PgCluster::start(2, &flags(&["--send-timeout-ms", "4000"]));
-    let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (n0, n1) = (&cluster.cluster.nodes[0], &cluster.cluster.nodes[1]);
     let mut alice = Client::connect(on(n0, "alice")).await.unwrap();
     let bob = Client::connect(on(n1, "bob")).await.unwrap();
     alice.join("st", None).await.unwrap();
