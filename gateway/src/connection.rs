@@ -950,6 +950,26 @@ impl Conn {
                 }
                 Ok(())
             }
+            Outbound::Tip { room, tip } => {
+                let behind = self.rooms.get(&room).is_some_and(|j| j.last_seq < tip);
+                if behind {
+                    self.catch_up(&room, tip).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Write history up to `upto` (a gap, or a tip announced by the node).
+    async fn catch_up(&mut self, room: &Arc<str>, upto: u64) -> Step {
+        metrics::counter!("chorus_gap_fills_total", "level" => "connection").increment(1);
+        match self.replay(room, upto).await {
+            Ok(_) => Ok(()),
+            Err(ReplayError::Socket) => Err(End::Gone),
+            Err(ReplayError::Store(e)) => {
+                warn!(room = %room, error = %e, "gap fill failed");
+                Err(End::Close(CloseCode::Unavailable))
+            }
         }
     }
 
@@ -963,15 +983,7 @@ impl Conn {
             return Ok(()); // already written (replay overlap)
         }
         if seq > last + 1 {
-            metrics::counter!("chorus_gap_fills_total").increment(1);
-            match self.replay(room, seq - 1).await {
-                Ok(_) => {}
-                Err(ReplayError::Socket) => return Err(End::Gone),
-                Err(ReplayError::Store(e)) => {
-                    warn!(room = %room, error = %e, "gap fill failed");
-                    return Err(End::Close(CloseCode::Unavailable));
-                }
-            }
+            self.catch_up(room, seq - 1).await?;
         }
         if let Some(j) = self.rooms.get_mut(room) {
             j.last_seq = seq;

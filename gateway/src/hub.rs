@@ -32,6 +32,10 @@ pub enum Outbound {
         frames: MsgBatch,
         bytes: usize,
     },
+    /// The room's history reaches `tip`: a connection behind it reads the rest
+    /// from history itself, at the pace its socket allows (used for gaps too
+    /// large to queue as frames).
+    Tip { room: Arc<str>, tip: u64 },
 }
 
 impl Outbound {
@@ -40,6 +44,7 @@ impl Outbound {
         match self {
             Outbound::Frame(f) => f.len(),
             Outbound::Msgs { bytes, .. } => *bytes,
+            Outbound::Tip { .. } => 0,
         }
     }
 }
@@ -199,6 +204,19 @@ impl Hub {
         }
         metrics::counter!("chorus_deliveries_total").increment(delivered as u64);
         delivered
+    }
+
+    /// Tell every local connection in a room that history reaches `tip`.
+    pub fn announce_tip(&self, room: &str, tip: u64) {
+        if let Some(entry) = self.rooms.get(room) {
+            let key = entry.key().clone();
+            for conn in entry.values() {
+                conn.offer(Outbound::Tip {
+                    room: key.clone(),
+                    tip,
+                });
+            }
+        }
     }
 
     /// Queue a frame to every local connection in a room, except `except`.

@@ -47,6 +47,10 @@ struct Feed {
 /// Messages read from history per page when filling a gap.
 const FILL_PAGE: u32 = 500;
 
+/// Largest gap (in frame bytes) this node fills by queueing the frames on its
+/// connections; larger gaps are announced as a tip instead.
+const FILL_INLINE_BYTES: usize = 256 * 1024;
+
 /// The Redis broker of one node.
 pub struct RedisBroker {
     node: String,
@@ -300,6 +304,15 @@ impl RedisBroker {
             let Some(&(top, _)) = batch.last() else {
                 break; // trimmed: nothing more to fill
             };
+            let bytes: usize = batch.iter().map(|(_, f)| f.len()).sum();
+            if after != from || top < to || bytes > FILL_INLINE_BYTES {
+                // Too large to queue on every connection at once (it could
+                // exceed their byte budgets and close them all as slow): each
+                // connection behind the tip reads the rest itself, paced by its
+                // own socket.
+                self.hub.announce_tip(room, to);
+                break;
+            }
             self.hub.deliver(room, batch);
             self.advance(room, top);
             after = top;
