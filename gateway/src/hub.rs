@@ -301,4 +301,21 @@ mod tests {
         assert!(hub.unsubscribe("r", 3));
         assert_eq!(hub.room_count(), 0);
     }
+
+    #[tokio::test]
+    async fn a_tip_announcement_costs_no_byte_budget() {
+        let hub = Hub::default();
+        let (a, mut ra) = conn(1, 8, 1);
+        hub.subscribe("r", a.clone());
+        hub.announce_tip("r", 500);
+        match ra.recv().await.unwrap() {
+            Outbound::Tip { tip, .. } => assert_eq!(tip, 500),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.kill.requested(),
+            None,
+            "a tip never trips the byte budget"
+        );
+    }
 }
