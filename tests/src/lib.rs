@@ -364,6 +364,26 @@ pub fn token(user: &str, ttl_secs: i64, rooms: Option<&[&str]>, tenant: Option<&
     .expect("sign token")
 }
 
+/// Flags that lift the per-connection and per-user send and flood limits, for
+/// tests that pump traffic.
+pub const UNLIMITED: &[&str] = &[
+    "--sends-per-sec",
+    "100000",
+    "--send-burst",
+    "100000",
+    "--frames-per-sec",
+    "100000",
+    "--frame-burst",
+    "100000",
+    "--user-sends-per-sec",
+    "0",
+];
+
+/// `UNLIMITED` plus a test's own flags.
+pub fn unlimited<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    UNLIMITED.iter().chain(extra).copied().collect()
+}
+
 /// One stored message as `GET /v1/rooms/{room}/messages` returns it.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct StoredMsg {

@@ -7,30 +7,8 @@ use std::time::{Duration, Instant};
 use chorus_protocol::client::{Ack, Client, ClientConfig, Event};
 use chorus_tests::StoredMsg as Stored;
 use chorus_tests::cluster::Cluster;
-use chorus_tests::{API_KEY, GatewayProcess, signal, text};
+use chorus_tests::{API_KEY, GatewayProcess, signal, text, unlimited};
 use fred::prelude::*;
-
-/// Lifted per-connection limits, for tests that pump traffic.
-const UNLIMITED: &[&str] = &[
-    "--user-sends-per-sec",
-    "0",
-    "--sends-per-sec",
-    "100000",
-    "--send-burst",
-    "100000",
-    "--frames-per-sec",
-    "100000",
-    "--frame-burst",
-    "100000",
-];
-
-fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    UNLIMITED
-        .iter()
-        .copied()
-        .chain(extra.iter().copied())
-        .collect()
-}
 
 /// Client settings for `user` on one node, patient enough for failovers.
 fn on(node: &GatewayProcess, user: &str) -> ClientConfig {
@@ -106,7 +84,7 @@ fn node_index(id: &str) -> usize {
 async fn three_nodes_one_room_total_order() {
     const CLIENTS: usize = 30;
     const SENDS: usize = 200;
-    let cluster = Cluster::start(3, &flags(&[]));
+    let cluster = Cluster::start(3, &unlimited(&[]));
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let node = &cluster.nodes[i % 3];
@@ -169,7 +147,7 @@ async fn three_nodes_one_room_total_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_on_another_node_gets_exactly_the_missed() {
-    let cluster = Cluster::start(3, &flags(&["--presence-grace-ms", "8000"]));
+    let cluster = Cluster::start(3, &unlimited(&["--presence-grace-ms", "8000"]));
     let (a, b, c) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
     let mut alice = Client::connect(on(a, "alice")).await.unwrap();
     alice.join("r", None).await.unwrap();
@@ -233,7 +211,7 @@ async fn resume_on_another_node_gets_exactly_the_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
-    let mut cluster = Cluster::start(3, &flags(&["--owner-lease-ms", "1000"]));
+    let mut cluster = Cluster::start(3, &unlimited(&["--owner-lease-ms", "1000"]));
     // Clients on every node; the owner is whichever node took the lease first.
     let mut clients = Vec::new();
     for i in 0..6 {
@@ -312,7 +290,7 @@ async fn owner_failover_keeps_seqs_gap_free_and_acked_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_owner_is_fenced_when_it_wakes_up() {
-    let cluster = Cluster::start(2, &flags(&["--owner-lease-ms", "600"]));
+    let cluster = Cluster::start(2, &unlimited(&["--owner-lease-ms", "600"]));
     let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
     let stale = Client::connect(on(n0, "old")).await.unwrap();
     stale.join("f", None).await.unwrap();
@@ -350,7 +328,7 @@ async fn paused_owner_is_fenced_when_it_wakes_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restart_mid_stream_loses_nothing() {
-    let mut cluster = Cluster::start_own_redis(2, &flags(&[]));
+    let mut cluster = Cluster::start_own_redis(2, &unlimited(&[]));
     let sender = Client::connect(on(&cluster.nodes[0], "s")).await.unwrap();
     sender.join("rr", None).await.unwrap();
     let mut reader = Client::connect(on(&cluster.nodes[1], "r")).await.unwrap();
@@ -386,7 +364,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_node_leaves_presence_within_the_bound() {
-    let mut cluster = Cluster::start(3, &flags(&["--presence-ttl-ms", "2000"]));
+    let mut cluster = Cluster::start(3, &unlimited(&["--presence-ttl-ms", "2000"]));
     let mut doomed = Vec::new();
     for i in 0..100 {
         let c = Client::connect(on(&cluster.nodes[0], &format!("d{i}")))

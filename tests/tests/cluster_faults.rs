@@ -25,26 +25,8 @@ use chorus_protocol::client::{Client, ClientConfig, ClientError, Event};
 use chorus_tests::StoredMsg as Stored;
 use chorus_tests::cluster::{Cluster, RedisHandle};
 use chorus_tests::services::{PostgresServer, RedisServer};
-use chorus_tests::{API_KEY, GatewayProcess, text};
+use chorus_tests::{API_KEY, GatewayProcess, text, unlimited};
 use fred::prelude::*;
-
-/// Lifted per-connection and per-user limits: these tests are about faults.
-const UNLIMITED: &[&str] = &[
-    "--sends-per-sec",
-    "100000",
-    "--send-burst",
-    "100000",
-    "--frames-per-sec",
-    "100000",
-    "--frame-burst",
-    "100000",
-    "--user-sends-per-sec",
-    "0",
-];
-
-fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    UNLIMITED.iter().chain(extra.iter()).copied().collect()
-}
 
 /// Client settings for `user` on one node: one attempt waits longer than the
 /// server's send timeout (so the server's answer is what we see), retries are
@@ -189,7 +171,7 @@ async fn owner_of(redis_url: &str, prefix: &str, room: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_then_back() {
-    let mut cluster = Cluster::start_own_redis(2, &flags(&["--presence-ttl-ms", "3000"]));
+    let mut cluster = Cluster::start_own_redis(2, &unlimited(&["--presence-ttl-ms", "3000"]));
     let url = cluster.redis.server().url();
     let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut alice = Client::connect(on(n0, "alice")).await.unwrap();
@@ -340,7 +322,7 @@ async fn redis_down_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_down_then_back() {
-    let mut cluster = PgCluster::start(2, &flags(&[]));
+    let mut cluster = PgCluster::start(2, &unlimited(&[]));
     let (n0, n1) = (&cluster.cluster.nodes[0], &cluster.cluster.nodes[1]);
     let mut alice = Client::connect(on(n0, "alice")).await.unwrap();
     let mut bob = Client::connect(on(n1, "bob")).await.unwrap();
@@ -423,7 +405,7 @@ async fn postgres_down_then_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stall_shorter_and_longer_than_the_send_timeout() {
     const SEND_TIMEOUT: Duration = Duration::from_secs(4);
-    let cluster = PgCluster::start(2, &flags(&["--send-timeout-ms", "4000"]));
+    let cluster = PgCluster::start(2, &unlimited(&["--send-timeout-ms", "4000"]));
     let (n0, n1) = (&cluster.cluster.nodes[0], &cluster.cluster.nodes[1]);
     let mut alice = Client::connect(on(n0, "alice")).await.unwrap();
     let bob = Client::connect(on(n1, "bob")).await.unwrap();

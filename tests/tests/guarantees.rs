@@ -20,27 +20,8 @@ use std::time::{Duration, Instant};
 use chorus_protocol::client::{Ack, Client, ClientConfig, ClientError, ClientHandle, Event};
 use chorus_protocol::{ErrorCode, Message, Resume};
 use chorus_tests::StoredMsg as Stored;
-use chorus_tests::{API_KEY, GatewayProcess, text};
+use chorus_tests::{API_KEY, GatewayProcess, text, unlimited};
 use futures_util::StreamExt;
-
-/// Flags that lift the per-connection and per-user rate limits, for tests
-/// that pump traffic.
-const UNLIMITED: &[&str] = &[
-    "--sends-per-sec",
-    "100000",
-    "--send-burst",
-    "100000",
-    "--frames-per-sec",
-    "100000",
-    "--frame-burst",
-    "100000",
-    "--user-sends-per-sec",
-    "0",
-];
-
-fn flags(extra: &[&'static str]) -> Vec<&'static str> {
-    UNLIMITED.iter().chain(extra).copied().collect()
-}
 
 /// Client settings for `user` with long send timeouts: under load a retry
 /// would turn a first ack into `duplicate:true` and blur the assertions.
@@ -225,7 +206,7 @@ async fn total_order_under_concurrent_senders() {
     const PER_CLIENT: usize = 200;
     const TOTAL: u64 = (CLIENTS * PER_CLIENT) as u64;
     const ROOM: &str = "order";
-    let node = GatewayProcess::start(&flags(&[
+    let node = GatewayProcess::start(&unlimited(&[
         "--outbound-queue",
         "65536",
         "--outbound-bytes",
@@ -678,7 +659,7 @@ async fn acked_messages_survive_kill_9() {
     const SENDERS: usize = 5;
     const ROUNDS: usize = 3;
     const PER_ROUND: usize = 500;
-    let mut node = GatewayProcess::start(&flags(&[]));
+    let mut node = GatewayProcess::start(&unlimited(&[]));
     // Acks of every round, and sends cut off by a crash (resent next round).
     let mut all_acked: HashMap<(String, String), Ack> = HashMap::new();
     let mut in_doubt: Vec<(String, String)> = Vec::new();
@@ -837,7 +818,7 @@ async fn sigterm_drains_without_losing_acked_messages() {
     const ROOM: &str = "drain";
     const CLIENTS: usize = 5;
     const DRAIN_MS: u64 = 10_000;
-    let node = GatewayProcess::start(&flags(&["--drain-timeout-ms", "10000"]));
+    let node = GatewayProcess::start(&unlimited(&["--drain-timeout-ms", "10000"]));
     let acked: Arc<Mutex<Vec<(String, Ack)>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
@@ -1002,7 +983,7 @@ async fn sigterm_drains_without_losing_acked_messages() {
 async fn slow_consumer_is_closed_with_4002_and_recovers_by_resume() {
     const ROOM: &str = "busy";
     const TOTAL: u64 = 2000;
-    let node = GatewayProcess::start(&flags(&[
+    let node = GatewayProcess::start(&unlimited(&[
         "--outbound-queue",
         "64",
         "--outbound-bytes",
@@ -1123,7 +1104,7 @@ async fn slow_consumer_that_never_reads_is_dropped_and_others_are_unaffected() {
 
     const ROOM: &str = "busy2";
     const TOTAL: u64 = 2000;
-    let node = GatewayProcess::start(&flags(&[
+    let node = GatewayProcess::start(&unlimited(&[
         "--outbound-queue",
         "64",
         "--outbound-bytes",
@@ -1211,7 +1192,7 @@ async fn slow_consumer_during_a_replay_is_closed_and_resumes() {
     }
     const ROOM: &str = "backlog";
     const TOTAL: u64 = 1500;
-    let node = GatewayProcess::start(&flags(&["--write-timeout-ms", "500"]));
+    let node = GatewayProcess::start(&unlimited(&["--write-timeout-ms", "500"]));
     let alice = Client::connect(patient(&node, "alice")).await.unwrap();
     alice.join(ROOM, None).await.unwrap();
     assert_eq!(
