@@ -6,6 +6,9 @@
 //!   by PID when dropped, also when a test fails.
 //! - [`binary`]: where the `chorus` binary is (built on first use if missing).
 //! - [`token`]: HS256 JWTs for tests.
+//! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, blackhole,
+//!   half-open, reset) for a node's links to Redis and PostgreSQL.
+//! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits.
 
@@ -17,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_protocol::client::{Client, ClientConfig};
 
+pub mod chaos;
 pub mod cluster;
+pub mod proxy;
 pub mod services;
 
 /// The secret every test node uses for client JWTs.
@@ -189,6 +194,14 @@ impl GatewayProcess {
         std::iter::once(self.pid())
             .chain(self.peers.iter().map(|p| p.pid()))
             .collect()
+    }
+
+    /// The exit status if the process ended by itself (`None` while it runs
+    /// or after the harness stopped it); it then counts as stopped.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// Listen addresses of every node (the load balancer's is `addr`).
