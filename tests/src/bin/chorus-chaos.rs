@@ -54,6 +54,10 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Check the checker: delete one acknowledged message from the history
+    /// before checking; the run must then fail.
+    #[arg(long)]
+    sabotage: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -98,6 +102,7 @@ fn main() {
         burst_bytes: args.burst_bytes,
         settle: Duration::from_secs(args.settle_secs),
         report: args.report,
+        sabotage: args.sabotage,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -91,6 +91,9 @@ pub struct Options {
     pub settle: Duration,
     /// Where the JSON report goes.
     pub report: Option<PathBuf>,
+    /// Delete one acknowledged message from PostgreSQL before checking: the
+    /// checker must then fail (a check of the checker).
+    pub sabotage: bool,
 }
 
 /// One gateway node and its two faulty links.
@@ -705,6 +708,17 @@ impl Harness {
         }
         self.settle_presence().await;
         let _ = self.stop.send(true);
+        if self.opts.sabotage {
+            let gone = sqlx::query(
+                "DELETE FROM messages WHERE (room, seq) IN \
+                 (SELECT room, seq FROM messages WHERE room = $1 ORDER BY seq LIMIT 1 OFFSET 10)",
+            )
+            .bind(HOT_ROOM)
+            .execute(&pool)
+            .await?
+            .rows_affected();
+            println!("  sabotage: deleted {gone} acknowledged message from the history");
+        }
         let history: Vec<StoredRow> = sqlx::query_as::<_, (String, i64, String, String)>(
             "SELECT room, seq, sender, cid FROM messages ORDER BY room, seq",
         )
