@@ -205,6 +205,18 @@ pub struct Config {
     #[arg(long, env = "CHORUS_WRITER_QUEUE", default_value_t = 65_536)]
     pub writer_queue: usize,
 
+    /// Users online in a room above which the room is "hot": a join reply
+    /// carries the online count instead of the user list, and join/leave
+    /// diffs give way to one coalesced count per
+    /// `--presence-count-interval-ms` (every member hearing of every other
+    /// member would cost the square of the room size).
+    #[arg(long, env = "CHORUS_PRESENCE_HOT_USERS", default_value_t = 1_000)]
+    pub presence_hot_users: u64,
+
+    /// How often a hot room's changed online count is broadcast, milliseconds.
+    #[arg(long, env = "CHORUS_PRESENCE_COUNT_INTERVAL_MS", default_value_t = 1_000)]
+    pub presence_count_interval_ms: u64,
+
     /// Interval between coalesced receipt broadcasts, milliseconds.
     #[arg(long, env = "CHORUS_RECEIPT_INTERVAL_MS", default_value_t = 100)]
     pub receipt_interval_ms: u64,

@@ -613,7 +613,13 @@ impl Conn {
             node.presence_join(&key, &self.session, &entry, self.handle.id)
                 .await;
         }
-        let presence = node.presence.room(&key).await.unwrap_or_default();
+        // A hot room's list would cost every joiner the whole room: the count only.
+        let online = node.presence.room_count(&key).await.unwrap_or(0);
+        let presence = if online > node.cfg.presence_hot_users {
+            Vec::new()
+        } else {
+            node.presence.room(&key).await.unwrap_or_default()
+        };
         let frame = ServerFrame::Joined {
             id,
             room,
@@ -626,6 +632,7 @@ impl Conn {
             recovered,
             replayed,
             presence,
+            online,
         };
         self.write(&frame)
             .await

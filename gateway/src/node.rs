@@ -81,6 +81,9 @@ pub struct Node {
     /// Room key -> user -> coalesced positions waiting for the next broadcast.
     /// A std Mutex: touched briefly, never across `.await`.
     receipts: Mutex<HashMap<String, HashMap<String, Receipt>>>,
+    /// Hot rooms whose online count changed since the last count broadcast.
+    /// A std Mutex: touched briefly, never across `.await`.
+    hot_dirty: Mutex<BTreeSet<String>>,
     next_conn: AtomicU64,
     connections: AtomicU64,
     draining: AtomicBool,
@@ -220,6 +223,7 @@ impl Node {
             sessions: DashMap::new(),
             user_conns: DashMap::new(),
             receipts: Mutex::new(HashMap::new()),
+            hot_dirty: Mutex::new(BTreeSet::new()),
             next_conn: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -227,6 +231,7 @@ impl Node {
             writer_task: Mutex::new(Some(writer_task)),
         });
         tokio::spawn(receipt_loop(node.clone()));
+        tokio::spawn(hot_count_loop(node.clone()));
         tokio::spawn(retention_loop(node.clone()));
         tokio::spawn(node.clone().run_presence_heartbeat());
         if node.cluster.is_some() {
@@ -366,15 +371,11 @@ impl Node {
         }
         match self.presence.join(room, session).await {
             Ok(true) => {
-                let frame = ServerFrame::PresenceDiff {
-                    room: public_name(room).to_owned(),
-                    joined: vec![chorus_protocol::PresenceUser {
-                        user: entry.user.clone(),
-                        devices: vec![entry.device_info()],
-                    }],
-                    left: vec![],
-                };
-                self.broadcast(room, &frame, Some(conn)).await;
+                let joined = vec![chorus_protocol::PresenceUser {
+                    user: entry.user.clone(),
+                    devices: vec![entry.device_info()],
+                }];
+                self.announce(room, joined, vec![], Some(conn)).await;
             }
             Ok(false) => {}
             Err(e) => warn!(error = %e, "presence join failed"),
@@ -398,12 +399,55 @@ impl Node {
     }
 
     async fn broadcast_left_users(&self, room: &str, users: Vec<String>) {
+        self.announce(room, vec![], users, None).await;
+    }
+
+    /// Whether more users are online in `room` than `--presence-hot-users`.
+    pub async fn is_hot(&self, room: &str) -> bool {
+        matches!(self.presence.room_count(room).await, Ok(n) if n > self.cfg.presence_hot_users)
+    }
+
+    /// Tell a room's members who came online and who went offline: a diff,
+    /// or for a hot room a mark to broadcast its online count at the next
+    /// `hot_count_loop` tick (one frame per interval, whatever the churn).
+    async fn announce(
+        &self,
+        room: &str,
+        joined: Vec<chorus_protocol::PresenceUser>,
+        left: Vec<String>,
+        except: Option<ConnId>,
+    ) {
+        if self.is_hot(room).await {
+            self.hot_dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(room.to_owned());
+            return;
+        }
         let frame = ServerFrame::PresenceDiff {
             room: public_name(room).to_owned(),
-            joined: vec![],
-            left: users,
+            joined,
+            left,
+            online: None,
         };
-        self.broadcast(room, &frame, None).await;
+        self.broadcast(room, &frame, except).await;
+    }
+
+    /// Broadcast the online count of every hot room that changed.
+    async fn flush_hot_counts(&self) {
+        let rooms = std::mem::take(&mut *self.hot_dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        for room in rooms {
+            let Ok(online) = self.presence.room_count(&room).await else {
+                continue;
+            };
+            let frame = ServerFrame::PresenceDiff {
+                room: public_name(&room).to_owned(),
+                joined: vec![],
+                left: vec![],
+                online: Some(online),
+            };
+            self.broadcast(&room, &frame, None).await;
+        }
     }
 
     /// A connection of a session ended. After the grace period, unless the session
@@ -472,12 +516,7 @@ impl Node {
                     }
                 }
                 for (room, joined) in by_room {
-                    let frame = ServerFrame::PresenceDiff {
-                        room: public_name(&room).to_owned(),
-                        joined,
-                        left: vec![],
-                    };
-                    self.broadcast(&room, &frame, None).await;
+                    self.announce(&room, joined, vec![], None).await;
                 }
             }
             Err(e) => warn!(error = %e, "presence refresh failed"),
@@ -629,6 +668,21 @@ async fn receipt_loop(node: Arc<Node>) {
     loop {
         tokio::select! {
             _ = tick.tick() => node.flush_receipts().await,
+            _ = crate::node::wait_true(&mut shutdown) => break,
+        }
+    }
+}
+
+/// Broadcast hot rooms' changed online counts every `presence_count_interval_ms`.
+async fn hot_count_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        node.cfg.presence_count_interval_ms.max(1),
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => node.flush_hot_counts().await,
             _ = crate::node::wait_true(&mut shutdown) => break,
         }
     }

@@ -340,7 +340,10 @@ pub struct Joined {
     pub recovered: bool,
     /// How many `msg` frames were replayed before the `joined`.
     pub replayed: u64,
+    /// Users online; empty for a hot room (see `online`).
     pub presence: Vec<PresenceUser>,
+    /// How many users are online.
+    pub online: u64,
 }
 
 /// Reply to `send`: the message is committed.
@@ -392,11 +395,13 @@ pub enum Event {
         device: String,
         active: bool,
     },
-    /// Users who came online in / went offline from a room.
+    /// Users who came online in / went offline from a room; for a hot room,
+    /// empty lists and the coalesced `online` count instead.
     PresenceDiff {
         room: String,
         joined: Vec<PresenceUser>,
         left: Vec<String>,
+        online: Option<u64>,
     },
     /// The server asks to reconnect (usually followed by close 4000).
     Reconnect { reason: String, retry_after_ms: u64 },
@@ -654,6 +659,7 @@ impl ClientHandle {
                 recovered,
                 replayed,
                 presence,
+                online,
                 ..
             } => Ok(Joined {
                 room,
@@ -662,6 +668,7 @@ impl ClientHandle {
                 recovered,
                 replayed,
                 presence,
+                online,
             }),
             other => Err(unexpected("joined", &other)),
         }
@@ -1626,6 +1633,7 @@ impl Task {
                 recovered,
                 replayed,
                 presence,
+                online,
             } => {
                 let cursor = self.tracker.joined(&room, tip);
                 self.emit(Inbound::Cursor(room.clone(), cursor)).await;
@@ -1636,6 +1644,7 @@ impl Task {
                     recovered,
                     replayed,
                     presence,
+                    online,
                 };
                 match id {
                     Some(id) => {
@@ -1647,6 +1656,7 @@ impl Task {
                             recovered,
                             replayed,
                             presence: joined.presence,
+                            online,
                         };
                         self.reply(id, Ok(frame));
                     }
@@ -1716,8 +1726,18 @@ impl Task {
                 }))
                 .await;
             }
-            ServerFrame::PresenceDiff { room, joined, left } => {
-                self.emit(Inbound::Event(Event::PresenceDiff { room, joined, left }))
+            ServerFrame::PresenceDiff {
+                room,
+                joined,
+                left,
+                online,
+            } => {
+                self.emit(Inbound::Event(Event::PresenceDiff {
+                    room,
+                    joined,
+                    left,
+                    online,
+                }))
                     .await;
             }
             ServerFrame::Reconnect {
@@ -2355,6 +2375,7 @@ mod tests {
                     recovered: true,
                     replayed: 3,
                     presence: vec![],
+                    online: 0,
                 };
                 put(&mut ws, joined.encode()).await;
                 // send: rate limited once, then acked; both attempts carry the same cid.
@@ -2448,6 +2469,7 @@ mod tests {
                     recovered: true,
                     replayed: 1,
                     presence: vec![],
+                    online: 0,
                 };
                 put(&mut ws, joined.encode()).await;
                 // The abort ends the stream without a close frame.

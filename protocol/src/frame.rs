@@ -515,7 +515,12 @@ pub enum ServerFrame {
         recovered: bool,
         /// How many messages were replayed before this frame.
         replayed: u64,
+        /// Users online in the room; empty when the room is hot (more users
+        /// online than the server's threshold): see `online`.
         presence: Vec<PresenceUser>,
+        /// How many users are online in the room.
+        #[serde(default)]
+        online: u64,
     },
     /// Reply to `leave`.
     Left {
@@ -569,6 +574,9 @@ pub enum ServerFrame {
         room: String,
         joined: Vec<PresenceUser>,
         left: Vec<String>,
+        /// Hot rooms only: the online count, coalesced, with empty lists.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        online: Option<u64>,
     },
     /// Server heartbeat: answer with `pong`.
     Ping {},

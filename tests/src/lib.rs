@@ -9,6 +9,7 @@
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, blackhole,
 //!   half-open, reset) for a node's links to Redis and PostgreSQL.
 //! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary.
+//! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits.
 
@@ -22,6 +23,7 @@ use chorus_protocol::client::{Client, ClientConfig};
 
 pub mod chaos;
 pub mod cluster;
+pub mod load;
 pub mod proxy;
 pub mod services;
 

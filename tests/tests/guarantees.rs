@@ -1313,7 +1313,9 @@ async fn abrupt_disconnect_goes_offline_after_the_grace() {
         .expect("no presence_diff left for dave");
     let after = dropped.elapsed();
     match ev {
-        Event::PresenceDiff { room, joined, left } => {
+        Event::PresenceDiff {
+            room, joined, left, ..
+        } => {
             assert_eq!(room, ROOM);
             assert!(joined.is_empty());
             assert_eq!(left, vec!["dave".to_owned()]);

@@ -728,10 +728,17 @@ async fn join_replays_since_before_joined_with_a_presence_snapshot() {
         matches!(e, Event::PresenceDiff { .. })
     })
     .await;
-    let Event::PresenceDiff { room, joined, left } = ev else {
+    let Event::PresenceDiff {
+        room,
+        joined,
+        left,
+        online,
+    } = ev
+    else {
         unreachable!()
     };
     assert_eq!(room, "general");
+    assert_eq!(online, None, "a room below the hot threshold gets lists");
     assert!(left.is_empty());
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[0].user, "alice");
@@ -1340,7 +1347,10 @@ async fn presence_snapshots_and_diffs_on_join_leave_and_disconnect() {
         matches!(e, Event::PresenceDiff { .. })
     })
     .await;
-    let Event::PresenceDiff { room, joined, left } = ev else {
+    let Event::PresenceDiff {
+        room, joined, left, ..
+    } = ev
+    else {
         unreachable!()
     };
     assert_eq!(room, "r");
@@ -2623,4 +2633,60 @@ async fn tenants_never_see_each_other() {
         .unwrap();
     let st = &again.welcome().rooms[0];
     assert_eq!((st.room.as_str(), st.tip, st.last_read), ("general", 1, 1));
+}
+
+#[tokio::test]
+async fn hot_rooms_send_counts_instead_of_lists() {
+    // Above 2 users online the room is hot: a joiner gets the count, not the
+    // list, and members get one coalesced count instead of a diff per user.
+    let node = GatewayProcess::start(&[
+        "--presence-hot-users",
+        "2",
+        "--presence-count-interval-ms",
+        "200",
+        "--presence-grace-ms",
+        "0",
+    ]);
+    let mut a = node.connect("hot-a").await;
+    let j = a.join("big", None).await.unwrap();
+    assert_eq!((j.online, j.presence.len()), (1, 1));
+    let mut b = node.connect("hot-b").await;
+    let j = b.join("big", None).await.unwrap();
+    assert_eq!((j.online, j.presence.len()), (2, 2), "at the threshold: lists");
+    let ev = wait_event(&mut a, "diff for b", |e| matches!(e, Event::PresenceDiff { .. })).await;
+    assert!(
+        matches!(&ev, Event::PresenceDiff { joined, online: None, .. } if joined[0].user == "hot-b"),
+        "{ev:?}"
+    );
+
+    let c = node.connect("hot-c").await;
+    let j = c.join("big", None).await.unwrap();
+    assert_eq!(j.online, 3);
+    assert!(j.presence.is_empty(), "a hot room's join reply has no list");
+    for member in [&mut a, &mut b] {
+        let ev = wait_event(member, "count", |e| matches!(e, Event::PresenceDiff { .. })).await;
+        let Event::PresenceDiff {
+            room,
+            joined,
+            left,
+            online,
+        } = ev
+        else {
+            unreachable!()
+        };
+        assert_eq!(room, "big");
+        assert!(joined.is_empty() && left.is_empty(), "no per-user diff");
+        assert_eq!(online, Some(3));
+    }
+    // The explicit presence request still lists everyone.
+    let all = a.presence("big").await.unwrap();
+    assert_eq!(all.len(), 3);
+
+    // Back at the threshold, diffs name users again.
+    c.leave("big", false).await.unwrap();
+    let ev = wait_event(&mut a, "leave diff", |e| matches!(e, Event::PresenceDiff { .. })).await;
+    assert!(
+        matches!(&ev, Event::PresenceDiff { left, online: None, .. } if left == &["hot-c".to_string()]),
+        "{ev:?}"
+    );
 }

@@ -140,10 +140,13 @@ async fn user_level_transitions(p: &dyn Presence) {
     assert!(!p.join("r", "s2").await.unwrap(), "second device: no diff");
     assert!(!p.join("r", "s2").await.unwrap(), "joining twice: no diff");
     assert_eq!(room_view(p, "r").await, vec!["alice:phone,desktop"]);
+    assert_eq!(p.room_count("r").await.unwrap(), 1, "users, not devices");
+    assert_eq!(p.room_count("elsewhere").await.unwrap(), 0);
     assert!(!p.leave("r", "s1").await.unwrap(), "desktop still there");
     assert_eq!(room_view(p, "r").await, vec!["alice:desktop"]);
     assert_eq!(p.expire_if("s2", g2).await.unwrap(), Some(strs(&["r"])));
     assert!(p.room("r").await.unwrap().is_empty());
+    assert_eq!(p.room_count("r").await.unwrap(), 0);
     assert_eq!(
         user_view(p, "alice").await,
         vec!["phone@n[]"],
@@ -433,6 +436,11 @@ async fn a_dead_nodes_entries_vanish_within_the_ttl_and_are_swept_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(gone >= TTL - MARGIN, "gone too early: {gone:?}");
+    assert_eq!(
+        b.room_count("r").await.unwrap(),
+        1,
+        "expired users are not counted, swept or not"
+    );
     assert!(b.user("alice").await.unwrap().is_empty());
     assert!(b.session("s1").await.unwrap().is_none());
     assert!(b.room("q").await.unwrap().is_empty());

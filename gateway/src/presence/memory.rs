@@ -181,6 +181,10 @@ impl Presence for MemoryPresence {
         None
     }
 
+    async fn room_count(&self, room: &str) -> Result<u64, PresenceError> {
+        Ok(self.lock().rooms.get(room).map_or(0, |users| users.len() as u64))
+    }
+
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError> {
         let g = self.lock();
         let Some(users) = g.rooms.get(room) else {

@@ -159,6 +159,9 @@ pub trait Presence: Send + Sync + 'static {
     /// sorted by user.
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError>;
 
+    /// How many users `room` would list, without listing them.
+    async fn room_count(&self, room: &str) -> Result<u64, PresenceError>;
+
     /// A user's devices (by user key), ordered by session id, each with its
     /// rooms sorted.
     async fn user(&self, user_key: &str) -> Result<Vec<UserDevice>, PresenceError>;

@@ -76,6 +76,7 @@ struct Scripts {
     refresh: Script,
     sweep: Script,
     room: Script,
+    count: Script,
     user: Script,
     session: Script,
 }
@@ -92,6 +93,7 @@ impl Scripts {
             refresh: s(include_str!("lua/refresh.lua")),
             sweep: s(include_str!("lua/sweep.lua")),
             room: s(include_str!("lua/room.lua")),
+            count: s(include_str!("lua/count.lua")),
             user: s(include_str!("lua/user.lua")),
             session: s(include_str!("lua/session.lua")),
         }
@@ -333,6 +335,17 @@ impl Presence for RedisPresence {
 
     fn refresh_interval(&self) -> Option<Duration> {
         Some(self.ttl / 3)
+    }
+
+    async fn room_count(&self, room: &str) -> Result<u64, PresenceError> {
+        let v = self
+            .run(
+                &self.scripts.count,
+                self.key("r", room),
+                vec![room.to_owned()],
+            )
+            .await?;
+        v.as_u64().ok_or_else(|| bad_reply("count"))
     }
 
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError> {

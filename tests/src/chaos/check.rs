@@ -45,8 +45,10 @@ pub struct Measured {
     pub missing_presence: Vec<String>,
     /// Side presence queries over HTTP by status ("200", "503", "error").
     pub presence_queries: BTreeMap<String, u64>,
-    /// Peak RSS (KiB) and peak writer queue depth per node.
-    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// RSS (KiB) per node: first sample, peak, last sample (a node that
+    /// grows without bound shows a last far above its first).
+    pub rss_kib: BTreeMap<String, (u64, u64, u64)>,
+    /// Peak writer queue depth per node.
     pub peak_writer_queue: BTreeMap<String, u64>,
     /// Node exits the harness did not cause.
     pub crashes: Vec<String>,
@@ -383,12 +385,15 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     t.figure("side presence queries", queries.join(", "));
+    let mib = |k: u64| k as f64 / 1024.0;
     let rss: Vec<String> = m
-        .peak_rss_kib
+        .rss_kib
         .iter()
-        .map(|(k, v)| format!("{k} {:.1}", *v as f64 / 1024.0))
+        .map(|(k, (first, peak, last))| {
+            format!("{k} {:.0}/{:.0}/{:.0}", mib(*first), mib(*peak), mib(*last))
+        })
         .collect();
-    t.figure("peak RSS (MiB)", rss.join(", "));
+    t.figure("RSS first/peak/last (MiB)", rss.join(", "));
     let wq: Vec<String> = m
         .peak_writer_queue
         .iter()
@@ -460,7 +465,7 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
             .collect::<Vec<_>>(),
         "ack_ms": {"p50": ack_ms.value_at_quantile(0.5), "p99": ack_ms.value_at_quantile(0.99), "max": ack_ms.max()},
         "lag_ms": {"p50": lag_ms.value_at_quantile(0.5), "p99": lag_ms.value_at_quantile(0.99), "max": lag_ms.max()},
-        "peak_rss_kib": m.peak_rss_kib,
+        "rss_kib_first_peak_last": m.rss_kib,
         "peak_writer_queue": m.peak_writer_queue,
         "details": details,
     });

@@ -380,12 +380,13 @@ impl Harness {
                 continue;
             }
             if let Some(kib) = rss_kib(node.process.pid()) {
-                let peak = self
+                let e = self
                     .measured
-                    .peak_rss_kib
+                    .rss_kib
                     .entry(node.id.clone())
-                    .or_default();
-                *peak = (*peak).max(kib);
+                    .or_insert((kib, kib, kib));
+                e.1 = e.1.max(kib);
+                e.2 = kib;
             }
         }
     }

@@ -1,0 +1,378 @@
+//! `chorus-load`: the side-by-side benchmark. Drives chorus, Socket.IO (with
+//! `@socket.io/redis-adapter`) and socketioxide (with socketioxide-redis)
+//! with the same workload from one lean Rust client fleet, back to back, and
+//! prints one table with ratios; `--json FILE` also writes the figures.
+//!
+//! ```text
+//! tests/bench/run                 # the whole suite (installs and builds the peers first)
+//! tests/bench/run --quick         # CI: small sizes, checks that it runs
+//! ```
+//!
+//! Scenarios (see BENCHMARKS.md for method and figures):
+//! - idle: N authenticated connections, each joined to a room, heartbeats on:
+//!   server RSS per connection.
+//! - fan-out: one node, a room of M members, 100-byte messages at stepped
+//!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
+//!   lag and deliveries per server CPU-second; the highest rate with every
+//!   message delivered in order and p99 lag <= 50 ms is the sustainable rate.
+//!
+//! The server is pinned to CPU 0 and the load generator to CPU 1 (taskset).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_tests::load::{self, Proto, Server, Stats};
+use chorus_tests::services::RedisServer;
+use chorus_tests::{GatewayProcess, UNLIMITED};
+use clap::Parser;
+use serde_json::json;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chorus-load", about = "Side-by-side benchmark of chorus, Socket.IO and socketioxide")]
+struct Args {
+    /// Small sizes and short steps: checks that the suite runs (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Contenders to run (comma separated): chorus, socketio, socketioxide.
+    #[arg(long, default_value = "chorus,socketio,socketioxide")]
+    only: String,
+    /// Scenarios to run (comma separated): idle, fanout.
+    #[arg(long, default_value = "idle,fanout")]
+    scenarios: String,
+    /// Idle connections.
+    #[arg(long, default_value_t = 15_000)]
+    idle: usize,
+    /// Fan-out room sizes (comma separated).
+    #[arg(long, default_value = "1000,15000")]
+    members: String,
+    /// Fan-out rates to step through, messages per second (comma separated).
+    #[arg(long, default_value = "10,20,50,100,200,400,800,1600")]
+    rates: String,
+    /// Seconds per fan-out step.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+/// The repository root (this binary lives in target/<profile>/).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A peer process, killed on drop.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a peer that prints `listening on 127.0.0.1:PORT` when ready.
+fn start_peer(name: &'static str, mut cmd: Command) -> anyhow::Result<Server> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow::anyhow!("{name} did not start: {line:?}"))?
+        .parse()?;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let pid = child.id();
+    Ok(Server {
+        name,
+        proto: Proto::SocketIo,
+        addr,
+        pid,
+        guard: Box::new(Peer(child)),
+    })
+}
+
+/// Start a contender by name.
+fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
+    let server = match name {
+        "chorus" => {
+            let mut flags: Vec<&str> = UNLIMITED.to_vec();
+            flags.extend(["--max-connections-per-user", "100000"]);
+            let node = GatewayProcess::start(&flags);
+            Server {
+                name: "chorus",
+                proto: Proto::Chorus,
+                addr: node.addr.parse()?,
+                pid: node.pid(),
+                guard: Box::new(node),
+            }
+        }
+        "socketio" => {
+            let mut cmd = Command::new("node");
+            cmd.arg(root().join("tests/bench/peers/socketio/server.js"))
+                .args(["--port", "0", "--redis", &redis.url()]);
+            start_peer("Socket.IO", cmd)?
+        }
+        "socketioxide" => {
+            let bin = root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
+            let mut cmd = Command::new(bin);
+            cmd.args(["--port", "0", "--redis", &redis.url()]);
+            start_peer("socketioxide", cmd)?
+        }
+        other => anyhow::bail!("unknown contender {other}"),
+    };
+    load::pin(server.pid, "0");
+    Ok(server)
+}
+
+/// Open `n` connections joined to `room_of(i)`, 200 at a time; each becomes
+/// a receiver booking into `stats`.
+async fn open_receivers(
+    server: &Server,
+    n: usize,
+    room_of: impl Fn(usize) -> String,
+    stats: &Arc<Stats>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let jobs = futures_util::stream::iter((0..n).map(|i| {
+        // One user per connection, as real clients are.
+        let token = chorus_tests::token(&format!("u{i}"), 86_400, None, None);
+        let room = room_of(i);
+        let (proto, addr) = (server.proto, server.addr);
+        let (stats, stop) = (stats.clone(), stop.clone());
+        async move {
+            let mut ws = load::connect(proto, addr, load::source(i), &token).await?;
+            load::join(&mut ws, proto, &room).await?;
+            tokio::spawn(load::receive(ws, proto, stats, i, stop));
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(200);
+    let results: Vec<anyhow::Result<()>> = jobs.collect().await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {n} connections failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    Ok(())
+}
+
+/// Idle connections: RSS per connection.
+async fn idle(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = load::rss_kib(server.pid);
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let started = std::time::Instant::now();
+    open_receivers(server, n, |i| format!("idle-{}", i % 100), &stats, &stop).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Let allocators and garbage collectors settle, heartbeats flow.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = load::rss_kib(server.pid);
+    let (snap, _) = stats.take();
+    let _ = stop_tx.send(true);
+    let per = after.saturating_sub(before) as f64 / n.max(1) as f64;
+    println!(
+        "  {:<13} idle {n}: RSS {before} KiB -> {after} KiB = {per:.1} KiB per connection (connected in {connect_secs:.1} s, {} dropped)",
+        server.name, snap.disconnects
+    );
+    Ok(json!({
+        "connections": n, "rss_before_kib": before, "rss_after_kib": after,
+        "kib_per_connection": per, "connect_secs": connect_secs, "dropped": snap.disconnects,
+    }))
+}
+
+/// Fan-out to one room at stepped rates.
+async fn fanout(
+    server: &Server,
+    members: usize,
+    rates: &[f64],
+    step: Duration,
+    size: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let room = format!("fan{members}");
+    open_receivers(server, members, |_| room.clone(), &stats, &stop).await?;
+    let token = chorus_tests::token("publisher", 86_400, None, None);
+    let mut publisher = load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
+    if server.proto == Proto::Chorus {
+        // chorus only accepts sends into a joined room.
+        load::join(&mut publisher, server.proto, &room).await?;
+    }
+    let mut steps = Vec::new();
+    let mut sustained = 0.0f64;
+    let mut best_per_cpu = 0.0f64;
+    let mut k = 0u64;
+    for &rate in rates {
+        let count = (rate * step.as_secs_f64()).round().max(1.0) as u64;
+        let (before, _) = stats.take();
+        let cpu0 = load::cpu_secs(server.pid);
+        load::publish(&mut publisher, server.proto, &room, k, count, rate, size).await?;
+        k += count;
+        // Drain: until everything arrived, or 5 s of silence-equivalent.
+        let want = count * members as u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = stats.received.load(std::sync::atomic::Ordering::Relaxed) - before.received;
+            if got >= want || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu = load::cpu_secs(server.pid) - cpu0;
+        let (after, lag) = stats.take();
+        let got = after.received - before.received;
+        let lost = want.saturating_sub(got);
+        let behind = after.behind - before.behind;
+        let p50 = lag.value_at_quantile(0.5) as f64 / 1000.0;
+        let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
+        let per_cpu = got as f64 / cpu.max(0.001);
+        let ok = lost == 0 && behind == 0 && p99 <= 50.0;
+        if ok {
+            sustained = sustained.max(rate);
+            best_per_cpu = best_per_cpu.max(per_cpu);
+        }
+        println!(
+            "  {:<13} fan-out {members} x {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, lag p50 {p50:.1} ms p99 {p99:.1} ms, {per_cpu:.0} deliveries/CPU-s{}",
+            server.name,
+            if ok { "" } else { "  (not sustained)" }
+        );
+        steps.push(json!({
+            "rate": rate, "delivered": got, "expected": want, "lost": lost, "out_of_order": behind,
+            "lag_p50_ms": p50, "lag_p99_ms": p99, "cpu_secs": cpu, "deliveries_per_cpu_sec": per_cpu,
+            "disconnects": after.disconnects, "sustained": ok,
+        }));
+        if !ok {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(json!({
+        "members": members, "sustained_rate": sustained,
+        "best_deliveries_per_cpu_sec_sustained": best_per_cpu, "steps": steps,
+    }))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.idle = args.idle.min(500);
+        args.members = "100".into();
+        args.rates = "50,200".into();
+        args.step_secs = args.step_secs.min(2);
+    }
+    // The load generator on CPU 1, servers on CPU 0.
+    load::pin(std::process::id(), "1");
+    let contenders: Vec<String> = list(&args.only);
+    let scenarios: Vec<String> = list(&args.scenarios);
+    let members: Vec<usize> = list(&args.members);
+    let rates: Vec<f64> = list(&args.rates);
+    println!(
+        "chorus-load: {} cores ({}), contenders {contenders:?}, scenarios {scenarios:?}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::env::consts::ARCH,
+    );
+    let redis = RedisServer::start();
+    let mut out = serde_json::Map::new();
+    for name in &contenders {
+        let mut figures = serde_json::Map::new();
+        if scenarios.iter().any(|s| s == "idle") {
+            let server = start(name, &redis)?;
+            figures.insert("idle".into(), idle(&server, args.idle).await?);
+        }
+        if scenarios.iter().any(|s| s == "fanout") {
+            for &m in &members {
+                let server = start(name, &redis)?;
+                let v = fanout(&server, m, &rates, Duration::from_secs(args.step_secs), args.size).await?;
+                figures.insert(format!("fanout_{m}"), v);
+            }
+        }
+        out.insert(name.clone(), serde_json::Value::Object(figures));
+    }
+    let out = serde_json::Value::Object(out);
+    print_table(&out, &contenders, &members);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
+
+/// One table: a row per figure, a column per contender, then ratios of
+/// chorus against each peer.
+fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]) {
+    let mut rows: Vec<(String, &str, bool)> = vec![
+        ("idle: KiB per connection".into(), "/idle/kib_per_connection", false),
+    ];
+    for m in members {
+        rows.push((format!("fan-out {m}: sustained msgs/s"), "", true));
+        rows.push((format!("fan-out {m}: deliveries/CPU-s (sustained)"), "", true));
+    }
+    println!("\n| figure | {} | ratios |", contenders.join(" | "));
+    println!("|---|{}---|", "---|".repeat(contenders.len()));
+    for (label, pointer, _) in &rows {
+        let value = |c: &str| -> Option<f64> {
+            let v = &out[c];
+            if !pointer.is_empty() {
+                return v.pointer(pointer).and_then(|x| x.as_f64());
+            }
+            let m: usize = label
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.trim_end_matches(':').parse().ok())?;
+            let f = &v[format!("fanout_{m}")];
+            if label.contains("sustained msgs") {
+                f["sustained_rate"].as_f64()
+            } else {
+                f["best_deliveries_per_cpu_sec_sustained"].as_f64()
+            }
+        };
+        let cells: Vec<String> = contenders
+            .iter()
+            .map(|c| value(c).map_or("-".into(), |v| format!("{v:.1}")))
+            .collect();
+        let chorus = value("chorus");
+        let ratios: Vec<String> = contenders
+            .iter()
+            .filter(|c| c.as_str() != "chorus")
+            .filter_map(|c| {
+                let (a, b) = (chorus?, value(c)?);
+                (b > 0.0).then(|| format!("chorus/{c} {:.2}", a / b))
+            })
+            .collect();
+        println!("| {label} | {} | {} |", cells.join(" | "), ratios.join(", "));
+    }
+}
