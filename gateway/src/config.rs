@@ -214,7 +214,11 @@ pub struct Config {
     pub presence_hot_users: u64,
 
     /// How often a hot room's changed online count is broadcast, milliseconds.
-    #[arg(long, env = "CHORUS_PRESENCE_COUNT_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "CHORUS_PRESENCE_COUNT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
     pub presence_count_interval_ms: u64,
 
     /// Interval between coalesced receipt broadcasts, milliseconds.

@@ -1738,7 +1738,7 @@ impl Task {
                     left,
                     online,
                 }))
-                    .await;
+                .await;
             }
             ServerFrame::Reconnect {
                 reason,

@@ -2652,8 +2652,15 @@ async fn hot_rooms_send_counts_instead_of_lists() {
     assert_eq!((j.online, j.presence.len()), (1, 1));
     let mut b = node.connect("hot-b").await;
     let j = b.join("big", None).await.unwrap();
-    assert_eq!((j.online, j.presence.len()), (2, 2), "at the threshold: lists");
-    let ev = wait_event(&mut a, "diff for b", |e| matches!(e, Event::PresenceDiff { .. })).await;
+    assert_eq!(
+        (j.online, j.presence.len()),
+        (2, 2),
+        "at the threshold: lists"
+    );
+    let ev = wait_event(&mut a, "diff for b", |e| {
+        matches!(e, Event::PresenceDiff { .. })
+    })
+    .await;
     assert!(
         matches!(&ev, Event::PresenceDiff { joined, online: None, .. } if joined[0].user == "hot-b"),
         "{ev:?}"
@@ -2684,7 +2691,10 @@ async fn hot_rooms_send_counts_instead_of_lists() {
 
     // Back at the threshold, diffs name users again.
     c.leave("big", false).await.unwrap();
-    let ev = wait_event(&mut a, "leave diff", |e| matches!(e, Event::PresenceDiff { .. })).await;
+    let ev = wait_event(&mut a, "leave diff", |e| {
+        matches!(e, Event::PresenceDiff { .. })
+    })
+    .await;
     assert!(
         matches!(&ev, Event::PresenceDiff { left, online: None, .. } if left == &["hot-c".to_string()]),
         "{ev:?}"

@@ -182,7 +182,11 @@ impl Presence for MemoryPresence {
     }
 
     async fn room_count(&self, room: &str) -> Result<u64, PresenceError> {
-        Ok(self.lock().rooms.get(room).map_or(0, |users| users.len() as u64))
+        Ok(self
+            .lock()
+            .rooms
+            .get(room)
+            .map_or(0, |users| users.len() as u64))
     }
 
     async fn room(&self, room: &str) -> Result<Vec<PresenceUser>, PresenceError> {

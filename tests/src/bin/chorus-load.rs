@@ -33,7 +33,10 @@ use serde_json::json;
 use tokio::sync::watch;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "chorus-load", about = "Side-by-side benchmark of chorus, Socket.IO and socketioxide")]
+#[command(
+    name = "chorus-load",
+    about = "Side-by-side benchmark of chorus, Socket.IO and socketioxide"
+)]
 struct Args {
     /// Small sizes and short steps: checks that the suite runs (CI).
     #[arg(long)]
@@ -140,7 +143,8 @@ fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
             start_peer("Socket.IO", cmd)?
         }
         "socketioxide" => {
-            let bin = root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
+            let bin =
+                root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
             let mut cmd = Command::new(bin);
             cmd.args(["--port", "0", "--redis", &redis.url()]);
             start_peer("socketioxide", cmd)?
@@ -227,7 +231,8 @@ async fn fanout(
     let room = format!("fan{members}");
     open_receivers(server, members, |_| room.clone(), &stats, &stop).await?;
     let token = chorus_tests::token("publisher", 86_400, None, None);
-    let mut publisher = load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
+    let mut publisher =
+        load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
     if server.proto == Proto::Chorus {
         // chorus only accepts sends into a joined room.
         load::join(&mut publisher, server.proto, &room).await?;
@@ -295,6 +300,9 @@ async fn main() -> anyhow::Result<()> {
         args.rates = "50,200".into();
         args.step_secs = args.step_secs.min(2);
     }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     // The load generator on CPU 1, servers on CPU 0.
     load::pin(std::process::id(), "1");
     let contenders: Vec<String> = list(&args.only);
@@ -302,8 +310,7 @@ async fn main() -> anyhow::Result<()> {
     let members: Vec<usize> = list(&args.members);
     let rates: Vec<f64> = list(&args.rates);
     println!(
-        "chorus-load: {} cores ({}), contenders {contenders:?}, scenarios {scenarios:?}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "chorus-load: {cores} cores ({}), server pinned to CPU 0, load on CPU 1; contenders {contenders:?}, scenarios {scenarios:?}",
         std::env::consts::ARCH,
     );
     let redis = RedisServer::start();
@@ -317,7 +324,14 @@ async fn main() -> anyhow::Result<()> {
         if scenarios.iter().any(|s| s == "fanout") {
             for &m in &members {
                 let server = start(name, &redis)?;
-                let v = fanout(&server, m, &rates, Duration::from_secs(args.step_secs), args.size).await?;
+                let v = fanout(
+                    &server,
+                    m,
+                    &rates,
+                    Duration::from_secs(args.step_secs),
+                    args.size,
+                )
+                .await?;
                 figures.insert(format!("fanout_{m}"), v);
             }
         }
@@ -334,12 +348,18 @@ async fn main() -> anyhow::Result<()> {
 /// One table: a row per figure, a column per contender, then ratios of
 /// chorus against each peer.
 fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]) {
-    let mut rows: Vec<(String, &str, bool)> = vec![
-        ("idle: KiB per connection".into(), "/idle/kib_per_connection", false),
-    ];
+    let mut rows: Vec<(String, &str, bool)> = vec![(
+        "idle: KiB per connection".into(),
+        "/idle/kib_per_connection",
+        false,
+    )];
     for m in members {
         rows.push((format!("fan-out {m}: sustained msgs/s"), "", true));
-        rows.push((format!("fan-out {m}: deliveries/CPU-s (sustained)"), "", true));
+        rows.push((
+            format!("fan-out {m}: deliveries/CPU-s (sustained)"),
+            "",
+            true,
+        ));
     }
     println!("\n| figure | {} | ratios |", contenders.join(" | "));
     println!("|---|{}---|", "---|".repeat(contenders.len()));
@@ -373,6 +393,10 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
                 (b > 0.0).then(|| format!("chorus/{c} {:.2}", a / b))
             })
             .collect();
-        println!("| {label} | {} | {} |", cells.join(" | "), ratios.join(", "));
+        println!(
+            "| {label} | {} | {} |",
+            cells.join(" | "),
+            ratios.join(", ")
+        );
     }
 }

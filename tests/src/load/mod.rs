@@ -69,9 +69,12 @@ pub async fn connect(
     stream.set_nodelay(true)?;
     let url = match proto {
         Proto::Chorus => format!("ws://{server}/ws?access_token={token}"),
-        Proto::SocketIo => format!("ws://{server}/socket.io/?EIO=4&transport=websocket&token={token}"),
+        Proto::SocketIo => {
+            format!("ws://{server}/socket.io/?EIO=4&transport=websocket&token={token}")
+        }
     };
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
     match proto {
         Proto::Chorus => {
             ws.send(Message::text(r#"{"op":"hello","v":1}"#)).await?;
@@ -170,9 +173,7 @@ impl Default for Stats {
             skipped: AtomicU64::new(0),
             behind: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
-            lag: (0..16)
-                .map(|_| Mutex::new(new_histogram()))
-                .collect(),
+            lag: (0..16).map(|_| Mutex::new(new_histogram())).collect(),
         }
     }
 }
