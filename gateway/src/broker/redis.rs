@@ -78,10 +78,9 @@ impl RedisBroker {
         hub: Arc<Hub>,
         store: Arc<dyn HistoryStore>,
     ) -> Result<(Arc<RedisBroker>, Client), Error> {
-        let builder = builder(url)?;
-        let client = builder.build()?;
+        let client = builder(url, COMMAND_CHANNELS)?.build()?;
         client.init().await?;
-        let subscriber = builder.build_subscriber_client()?;
+        let subscriber = builder(url, SUBSCRIBER_CHANNELS)?.build_subscriber_client()?;
         subscriber.init().await?;
         let _resubscribe = subscriber.manage_subscriptions();
         subscriber
@@ -350,13 +349,22 @@ impl RedisBroker {
     }
 }
 
-fn builder(url: &str) -> Result<Builder, Error> {
+/// Capacity of the subscriber's broadcast channels. Room traffic arrives
+/// through one: a lagging reader loses messages (then fills them from
+/// history), so it gets room. Tokio allocates every slot of a broadcast
+/// channel up front, and a fred client has several such channels, so this is
+/// memory paid at start whatever the traffic (65,536 slots cost about 140 MiB
+/// over the node's clients).
+const SUBSCRIBER_CHANNELS: usize = 8_192;
+/// Command clients never read their broadcast channels (pub/sub, keyspace
+/// events): the smallest capacity.
+const COMMAND_CHANNELS: usize = 16;
+
+fn builder(url: &str, channel_capacity: usize) -> Result<Builder, Error> {
     let config = Config::from_url(url)?;
     let mut b = Builder::from_config(config);
     b.with_performance_config(|p| {
-        // Room traffic arrives through a broadcast channel: a lagging reader
-        // loses messages (then fills them from history), so leave it room.
-        p.broadcast_channel_capacity = 65_536;
+        p.broadcast_channel_capacity = channel_capacity;
         p.default_command_timeout = Duration::from_secs(2);
     })
     .with_connection_config(|c| {
@@ -369,7 +377,7 @@ fn builder(url: &str) -> Result<Builder, Error> {
 
 /// A plain command client with the same settings (ownership, presence).
 pub async fn command_client(url: &str) -> Result<Client, Error> {
-    let client = builder(url)?.build()?;
+    let client = builder(url, COMMAND_CHANNELS)?.build()?;
     client.init().await?;
     Ok(client)
 }

@@ -245,7 +245,16 @@ async fn fanout(
         let count = (rate * step.as_secs_f64()).round().max(1.0) as u64;
         let (before, _) = stats.take();
         let cpu0 = load::cpu_secs(server.pid);
-        load::publish(&mut publisher, server.proto, &room, k, count, rate, size).await?;
+        if let Err(e) =
+            load::publish(&mut publisher, server.proto, &room, k, count, rate, size).await
+        {
+            println!(
+                "  {:<13} fan-out {members} x {rate} msg/s: FAILED: {e:#}",
+                server.name
+            );
+            steps.push(json!({"rate": rate, "error": format!("{e:#}"), "sustained": false}));
+            break;
+        }
         k += count;
         // Drain: until everything arrived, or 5 s of silence-equivalent.
         let want = count * members as u64;
@@ -317,21 +326,28 @@ async fn main() -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     for name in &contenders {
         let mut figures = serde_json::Map::new();
+        // A contender that fails a scenario (refuses connections, crashes)
+        // gets the error in its column; the suite goes on.
+        let failed = |what: &str, e: anyhow::Error| {
+            println!("  {name:<13} {what}: FAILED: {e:#}");
+            json!({"error": format!("{e:#}")})
+        };
         if scenarios.iter().any(|s| s == "idle") {
-            let server = start(name, &redis)?;
-            figures.insert("idle".into(), idle(&server, args.idle).await?);
+            let v = match start(name, &redis) {
+                Ok(server) => idle(&server, args.idle).await,
+                Err(e) => Err(e),
+            };
+            let v = v.unwrap_or_else(|e| failed("idle", e));
+            figures.insert("idle".into(), v);
         }
         if scenarios.iter().any(|s| s == "fanout") {
             for &m in &members {
-                let server = start(name, &redis)?;
-                let v = fanout(
-                    &server,
-                    m,
-                    &rates,
-                    Duration::from_secs(args.step_secs),
-                    args.size,
-                )
-                .await?;
+                let step = Duration::from_secs(args.step_secs);
+                let v = match start(name, &redis) {
+                    Ok(server) => fanout(&server, m, &rates, step, args.size).await,
+                    Err(e) => Err(e),
+                };
+                let v = v.unwrap_or_else(|e| failed("fan-out", e));
                 figures.insert(format!("fanout_{m}"), v);
             }
         }
