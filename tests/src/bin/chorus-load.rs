@@ -163,7 +163,7 @@ async fn open_receivers(
     room_of: impl Fn(usize) -> String,
     stats: &Arc<Stats>,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     use futures_util::StreamExt;
     let jobs = futures_util::stream::iter((0..n).map(|i| {
         // One user per connection, as real clients are.
@@ -184,13 +184,22 @@ async fn open_receivers(
         .into_iter()
         .filter_map(|r| r.err().map(|e| e.to_string()))
         .collect();
+    // A few failures under a connection storm are reported, not fatal; more
+    // than 1 % means the contender cannot hold the scenario.
     anyhow::ensure!(
-        failed.is_empty(),
+        failed.len() * 100 <= n,
         "{} of {n} connections failed, first: {}",
         failed.len(),
         failed[0]
     );
-    Ok(())
+    if let Some(first) = failed.first() {
+        println!(
+            "  {:<13} {} of {n} connections failed (first: {first})",
+            server.name,
+            failed.len()
+        );
+    }
+    Ok(n - failed.len())
 }
 
 /// Idle connections: RSS per connection.
@@ -200,7 +209,7 @@ async fn idle(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = watch::channel(false);
     let started = std::time::Instant::now();
-    open_receivers(server, n, |i| format!("idle-{}", i % 100), &stats, &stop).await?;
+    let n = open_receivers(server, n, |i| format!("idle-{}", i % 100), &stats, &stop).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     // Let allocators and garbage collectors settle, heartbeats flow.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -229,7 +238,7 @@ async fn fanout(
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = watch::channel(false);
     let room = format!("fan{members}");
-    open_receivers(server, members, |_| room.clone(), &stats, &stop).await?;
+    let members = open_receivers(server, members, |_| room.clone(), &stats, &stop).await?;
     let token = chorus_tests::token("publisher", 86_400, None, None);
     let mut publisher =
         load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
@@ -398,7 +407,15 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
         };
         let cells: Vec<String> = contenders
             .iter()
-            .map(|c| value(c).map_or("-".into(), |v| format!("{v:.1}")))
+            .map(|c| {
+                value(c).map_or("-".into(), |v| {
+                    if v == 0.0 {
+                        "none".into()
+                    } else {
+                        format!("{v:.1}")
+                    }
+                })
+            })
             .collect();
         let chorus = value("chorus");
         let ratios: Vec<String> = contenders
