@@ -78,10 +78,10 @@ struct Joined {
 /// Entry point from the HTTP upgrade.
 pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
     let mut ws = ws;
-    let hello = match handshake(&node, &mut ws).await {
+    let hello = match Box::pin(handshake(&node, &mut ws)).await {
         Ok(h) => h,
         Err(code) => {
-            close(&mut ws, code, None).await;
+            Box::pin(close(&mut ws, code, None)).await;
             return;
         }
     };
@@ -125,13 +125,13 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
                 AuthError::Expired => "token expired",
             };
             debug!(error = %e, "authentication failed");
-            close(&mut ws, code, Some(reason)).await;
+            Box::pin(close(&mut ws, code, Some(reason))).await;
             return;
         }
     };
     let user_key = ident.user_key();
     if let Err(code) = node.admit(&user_key) {
-        close(&mut ws, code, None).await;
+        Box::pin(close(&mut ws, code, None)).await;
         return;
     }
     let (tx, rx) = mpsc::channel(node.cfg.outbound_queue);
@@ -158,7 +158,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         pending: FuturesUnordered::new(),
     };
     let end = conn.run(device, meta, resume).await;
-    conn.finish(end).await;
+    Box::pin(conn.finish(end)).await;
     node.release(&user_key);
 }
 
@@ -279,7 +279,12 @@ impl Conn {
         meta: Option<Json>,
         resume: Option<Resume>,
     ) -> End {
-        if let Err(end) = self.welcome(device, meta, resume).await {
+        // Cold paths are boxed: an `.await` stores its future inside this
+        // one, so a large handshake or request future would otherwise make
+        // every idle connection as big as the largest of them (see
+        // BENCHMARKS.md, idle memory). The hot path (`on_outbound`) stays
+        // inline: no allocation per delivery.
+        if let Err(end) = Box::pin(self.welcome(device, meta, resume)).await {
             return end;
         }
         let mut shutdown = self.node.shutdown_signal();
@@ -296,14 +301,14 @@ impl Conn {
             let step = tokio::select! {
                 biased;
                 code = kill.wait() => Err(End::Close(code)),
-                _ = crate::node::wait_true(&mut shutdown) => return self.drain().await,
+                _ = crate::node::wait_true(&mut shutdown) => return Box::pin(self.drain()).await,
                 _ = sleep_until_opt(expiry) => Err(End::Close(CloseCode::TokenExpired)),
-                inbound = self.ws.recv() => self.on_inbound(inbound).await,
+                inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.on_ack(done).await
+                    Box::pin(self.on_ack(done)).await
                 }
                 Some(out) = self.rx.recv() => self.on_outbound(out).await,
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => Box::pin(self.on_tick()).await,
             };
             if let Err(end) = step {
                 return end;
