@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use chorus_protocol::client::{Client, ClientConfig, Event};
+use chorus_tests::load::{cpu_secs, rss_kib};
 use chorus_tests::{GatewayProcess, text};
 
 struct Args {
@@ -46,37 +47,6 @@ fn parse() -> Args {
         i += 2;
     }
     a
-}
-
-/// Resident set size of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
 }
 
 fn quiet(node: &GatewayProcess, user: &str) -> ClientConfig {

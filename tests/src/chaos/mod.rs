@@ -166,13 +166,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     h.finish().await
 }
 
-/// RSS of a process in KiB, from /proc.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 impl Harness {
     fn start(opts: Options) -> anyhow::Result<Harness> {
         let redis = RedisServer::start();
@@ -379,7 +372,7 @@ impl Harness {
                 tokio::task::block_in_place(|| self.nodes[i].process.restart());
                 continue;
             }
-            if let Some(kib) = rss_kib(node.process.pid()) {
+            if let Some(kib) = Some(crate::load::rss_kib(node.process.pid())).filter(|&k| k > 0) {
                 let e = self
                     .measured
                     .rss_kib
