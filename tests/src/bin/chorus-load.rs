@@ -11,6 +11,9 @@
 //! Scenarios (see BENCHMARKS.md for method and figures):
 //! - idle: N authenticated connections, each joined to a room, heartbeats on:
 //!   server RSS per connection.
+//! - storm: N clients connected and joined drop at once and reconnect
+//!   (chorus: JWT + resume, which re-joins the room; peers: connect + join):
+//!   time until all are live again, reconnects per server CPU-second.
 //! - fan-out: one node, a room of M members, 100-byte messages at stepped
 //!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
 //!   lag and deliveries per server CPU-second; the highest rate with every
@@ -44,9 +47,12 @@ struct Args {
     /// Contenders to run (comma separated): chorus, socketio, socketioxide.
     #[arg(long, default_value = "chorus,socketio,socketioxide")]
     only: String,
-    /// Scenarios to run (comma separated): idle, fanout.
-    #[arg(long, default_value = "idle,fanout")]
+    /// Scenarios to run (comma separated): idle, fanout, storm.
+    #[arg(long, default_value = "idle,fanout,storm")]
     scenarios: String,
+    /// Clients in the reconnect storm.
+    #[arg(long, default_value_t = 15_000)]
+    storm: usize,
     /// Idle connections.
     #[arg(long, default_value_t = 15_000)]
     idle: usize,
@@ -227,6 +233,85 @@ async fn idle(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// Reconnect storm: `n` clients connected and joined, dropped at once, then
+/// all reconnecting (1,000 at a time, as a fleet of real clients would not
+/// wait for each other).
+async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
+    use futures_util::StreamExt;
+    let room = |i: usize| format!("storm-{}", i % 100);
+    let token = |i: usize| chorus_tests::token(&format!("s{i}"), 86_400, None, None);
+    let (proto, addr) = (server.proto, server.addr);
+    let opened: Vec<anyhow::Result<(load::Ws, String)>> =
+        futures_util::stream::iter((0..n).map(|i| async move {
+            let (mut ws, resume) =
+                load::connect_with(proto, addr, load::source(i), &token(i), None).await?;
+            load::join(&mut ws, proto, &room(i)).await?;
+            anyhow::Ok((ws, resume))
+        }))
+        .buffered(200)
+        .collect()
+        .await;
+    let mut resumes = Vec::with_capacity(n);
+    let mut sockets = Vec::with_capacity(n);
+    for r in opened {
+        let (ws, resume) = r?;
+        sockets.push(ws);
+        resumes.push(resume);
+    }
+    // Everyone drops at once (the sockets close without a WebSocket close).
+    drop(sockets);
+    let cpu0 = load::cpu_secs(server.pid);
+    let started = std::time::Instant::now();
+    let back: Vec<anyhow::Result<()>> =
+        futures_util::stream::iter(resumes.iter().enumerate().map(|(i, resume)| async move {
+            // Other source addresses: the old connections sit in TIME_WAIT.
+            let local = load::source(i + 40_000);
+            match proto {
+                Proto::Chorus => {
+                    let room = room(i);
+                    let (ws, _) = load::connect_with(
+                        proto,
+                        addr,
+                        local,
+                        &token(i),
+                        Some((resume.as_str(), room.as_str())),
+                    )
+                    .await?;
+                    drop(ws);
+                }
+                Proto::SocketIo => {
+                    let mut ws = load::connect(proto, addr, local, &token(i)).await?;
+                    load::join(&mut ws, proto, &room(i)).await?;
+                    drop(ws);
+                }
+            }
+            anyhow::Ok(())
+        }))
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = load::cpu_secs(server.pid) - cpu0;
+    let failed = back.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = back.iter().find(|r| r.is_err()) {
+        println!(
+            "  {:<13} storm: {failed} of {n} failed, first: {e:#}",
+            server.name
+        );
+    }
+    let per_cpu = (n - failed) as f64 / cpu.max(0.001);
+    println!(
+        "  {:<13} storm {n}: all back in {secs:.2} s ({:.0} per s), {per_cpu:.0} reconnects per server CPU-s, {failed} failed",
+        server.name,
+        (n - failed) as f64 / secs
+    );
+    anyhow::ensure!(failed * 100 <= n, "{failed} of {n} reconnects failed");
+    Ok(json!({
+        "clients": n, "all_back_secs": secs, "reconnects_per_sec": (n - failed) as f64 / secs,
+        "reconnects_per_cpu_sec": per_cpu, "failed": failed,
+    }))
+}
+
 /// Fan-out to one room at stepped rates.
 async fn fanout(
     server: &Server,
@@ -314,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.quick {
         args.idle = args.idle.min(500);
+        args.storm = args.storm.min(300);
         args.members = "100".into();
         args.rates = "50,200".into();
         args.step_secs = args.step_secs.min(2);
@@ -349,6 +435,14 @@ async fn main() -> anyhow::Result<()> {
             let v = v.unwrap_or_else(|e| failed("idle", e));
             figures.insert("idle".into(), v);
         }
+        if scenarios.iter().any(|s| s == "storm") {
+            let v = match start(name, &redis) {
+                Ok(server) => storm(&server, args.storm).await,
+                Err(e) => Err(e),
+            };
+            let v = v.unwrap_or_else(|e| failed("storm", e));
+            figures.insert("storm".into(), v);
+        }
         if scenarios.iter().any(|s| s == "fanout") {
             for &m in &members {
                 let step = Duration::from_secs(args.step_secs);
@@ -373,11 +467,23 @@ async fn main() -> anyhow::Result<()> {
 /// One table: a row per figure, a column per contender, then ratios of
 /// chorus against each peer.
 fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]) {
-    let mut rows: Vec<(String, &str, bool)> = vec![(
-        "idle: KiB per connection".into(),
-        "/idle/kib_per_connection",
-        false,
-    )];
+    let mut rows: Vec<(String, &str, bool)> = vec![
+        (
+            "idle: KiB per connection".into(),
+            "/idle/kib_per_connection",
+            false,
+        ),
+        (
+            "storm: seconds until all are back".into(),
+            "/storm/all_back_secs",
+            false,
+        ),
+        (
+            "storm: reconnects per server CPU-s".into(),
+            "/storm/reconnects_per_cpu_sec",
+            false,
+        ),
+    ];
     for m in members {
         rows.push((format!("fan-out {m}: sustained msgs/s"), "", true));
         rows.push((

@@ -63,6 +63,19 @@ pub async fn connect(
     local: IpAddr,
     token: &str,
 ) -> anyhow::Result<Ws> {
+    Ok(connect_with(proto, server, local, token, None).await?.0)
+}
+
+/// [`connect`], resuming when `resume` is given (chorus: `hello.resume`
+/// with that token and `room` at seq 0; the server re-joins the room). Also
+/// returns the resume token of the `welcome` (chorus; empty for Socket.IO).
+pub async fn connect_with(
+    proto: Proto,
+    server: SocketAddr,
+    local: IpAddr,
+    token: &str,
+    resume: Option<(&str, &str)>,
+) -> anyhow::Result<(Ws, String)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(local, 0))?;
     let stream = socket.connect(server).await?;
@@ -75,10 +88,24 @@ pub async fn connect(
     };
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    let mut resume_token = String::new();
     match proto {
         Proto::Chorus => {
-            ws.send(Message::text(r#"{"op":"hello","v":1}"#)).await?;
-            expect(&mut ws, proto, |t| t.starts_with(r#"{"op":"welcome""#)).await?;
+            let hello = match resume {
+                Some((token, room)) => format!(
+                    r#"{{"op":"hello","v":1,"resume":{{"token":"{token}","rooms":{{"{room}":0}}}}}}"#
+                ),
+                None => r#"{"op":"hello","v":1}"#.to_owned(),
+            };
+            ws.send(Message::text(hello)).await?;
+            let welcome = expect(&mut ws, proto, |t| t.starts_with(r#"{"op":"welcome""#)).await?;
+            let v: serde_json::Value = serde_json::from_str(&welcome)?;
+            resume_token = v["resume_token"].as_str().unwrap_or_default().to_owned();
+            if resume.is_some() {
+                anyhow::ensure!(v["resumed"] == true, "resume refused");
+                // The server re-joins the resumed room, then says so.
+                expect(&mut ws, proto, |t| t.starts_with(r#"{"op":"joined""#)).await?;
+            }
         }
         Proto::SocketIo => {
             // Engine.IO open packet, then the Socket.IO connect to "/".
@@ -87,7 +114,7 @@ pub async fn connect(
             expect(&mut ws, proto, |t| t.starts_with("40")).await?;
         }
     }
-    Ok(ws)
+    Ok((ws, resume_token))
 }
 
 /// Join `room` and wait for the reply.
@@ -98,18 +125,20 @@ pub async fn join(ws: &mut Ws, proto: Proto, room: &str) -> anyhow::Result<()> {
                 r#"{{"op":"join","id":1,"room":"{room}"}}"#
             )))
             .await?;
-            expect(ws, proto, |t| t.starts_with(r#"{"op":"joined""#)).await
+            expect(ws, proto, |t| t.starts_with(r#"{"op":"joined""#)).await?;
         }
         Proto::SocketIo => {
             ws.send(Message::text(format!(r#"420["join","{room}"]"#)))
                 .await?;
-            expect(ws, proto, |t| t.starts_with("430")).await
+            expect(ws, proto, |t| t.starts_with("430")).await?;
         }
     }
+    Ok(())
 }
 
-/// Read until a text frame satisfies `want` (answering heartbeats), within 30 s.
-async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+/// Read until a text frame satisfies `want` (answering heartbeats), within
+/// 30 s; returns that frame.
+async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyhow::Result<String> {
     let read = async {
         while let Some(m) = ws.next().await {
             if let Message::Text(t) = m? {
@@ -120,7 +149,7 @@ async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyho
                     anyhow::bail!("server error: {t}");
                 }
                 if want(&t) {
-                    return Ok(());
+                    return Ok(t.as_str().to_owned());
                 }
             }
         }
