@@ -325,6 +325,34 @@ pub async fn publish(
     rate: f64,
     size: usize,
 ) -> anyhow::Result<u64> {
+    let mut next_k = [first_k];
+    publish_many(
+        ws,
+        proto,
+        &[room.to_owned()],
+        &mut next_k,
+        count,
+        rate,
+        size,
+    )
+    .await
+}
+
+/// [`publish`] round-robin over `rooms`, each room with its own sequence
+/// (`next_k[i]` is the next `k` of `rooms[i]`, advanced as messages go out).
+pub async fn publish_many(
+    ws: &mut Ws,
+    proto: Proto,
+    rooms: &[String],
+    next_k: &mut [u64],
+    count: u64,
+    rate: f64,
+    size: usize,
+) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        !rooms.is_empty() && rooms.len() == next_k.len(),
+        "one k per room"
+    );
     let start = tokio::time::Instant::now();
     let start_us = now_us();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
@@ -342,11 +370,13 @@ pub async fn publish(
                 },
             }
         }
-        let k = first_k + i;
+        let r = i as usize % rooms.len();
+        let (room, k) = (&rooms[r], next_k[r]);
+        next_k[r] += 1;
         let t = start_us + (interval.as_micros() as u64) * i;
         let frame = match proto {
             Proto::Chorus => format!(
-                r#"{{"op":"send","id":{k},"room":"{room}","cid":"p{k}","body":{}}}"#,
+                r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{}}}"#,
                 body(k, t, size)
             ),
             Proto::SocketIo => format!(
