@@ -137,6 +137,25 @@ fn start_peer(name: &'static str, mut cmd: Command) -> anyhow::Result<Server> {
     })
 }
 
+/// `program` started on CPU 0 (through `taskset`, which execs it: the PID
+/// stays the server's), so a runtime that sizes its thread pool by the CPUs it
+/// may use starts with one worker. `tests/bench/run` does the same for chorus.
+fn on_cpu0(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 /// Start a contender by name.
 fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
     let server = match name {
@@ -153,7 +172,7 @@ fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
             }
         }
         "socketio" => {
-            let mut cmd = Command::new("node");
+            let mut cmd = on_cpu0("node");
             cmd.arg(root().join("tests/bench/peers/socketio/server.js"))
                 .args(["--port", "0", "--redis", &redis.url()]);
             start_peer("Socket.IO", cmd)?
@@ -161,7 +180,7 @@ fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
         "socketioxide" => {
             let bin =
                 root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
-            let mut cmd = Command::new(bin);
+            let mut cmd = on_cpu0(bin);
             cmd.args(["--port", "0", "--redis", &redis.url()]);
             start_peer("socketioxide", cmd)?
         }
