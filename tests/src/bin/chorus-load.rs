@@ -17,6 +17,9 @@
 //! - rooms: 1,500 rooms x 10 members over two instances (chorus: a 2-node
 //!   cluster on Redis + PostgreSQL; peers: two processes on one Redis),
 //!   members spread over both: deliveries per server CPU-second, losses.
+//! - durable (chorus only): sends acked per second on a 2-node cluster, each
+//!   committed to PostgreSQL; with group commit and with one commit per
+//!   message (`--batch-max 1`).
 //! - fan-out: one node, a room of M members, 100-byte messages at stepped
 //!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
 //!   lag and deliveries per server CPU-second; the highest rate with every
@@ -51,8 +54,8 @@ struct Args {
     /// Contenders to run (comma separated): chorus, socketio, socketioxide.
     #[arg(long, default_value = "chorus,socketio,socketioxide")]
     only: String,
-    /// Scenarios to run (comma separated): idle, fanout, storm, rooms.
-    #[arg(long, default_value = "idle,fanout,storm,rooms")]
+    /// Scenarios to run (comma separated): idle, fanout, storm, rooms, durable.
+    #[arg(long, default_value = "idle,fanout,storm,rooms,durable")]
     scenarios: String,
     /// Rooms of 10 members in the small-rooms scenario (over 2 instances).
     #[arg(long, default_value_t = 1_500)]
@@ -194,11 +197,17 @@ fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
 /// (its own Redis and PostgreSQL), the peers as two processes with their
 /// Redis adapter on `redis`.
 fn start_pair(name: &str, redis: &RedisServer) -> anyhow::Result<Vec<Server>> {
+    start_pair_with(name, redis, &[])
+}
+
+/// [`start_pair`] with extra chorus flags.
+fn start_pair_with(name: &str, redis: &RedisServer, extra: &[&str]) -> anyhow::Result<Vec<Server>> {
     if name != "chorus" {
         return Ok(vec![start(name, redis)?, start(name, redis)?]);
     }
     let mut flags: Vec<&str> = UNLIMITED.to_vec();
     flags.extend(["--max-connections-per-user", "100000"]);
+    flags.extend(extra);
     let pg = PostgresServer::start();
     let database_url = pg.create_database();
     let cluster = Cluster::start_on(
@@ -473,6 +482,69 @@ async fn small_rooms(
     }))
 }
 
+/// chorus only: sends acked per second on a 2-node cluster (each committed to
+/// PostgreSQL with fsync and synchronous_commit on), `senders` connections
+/// alternating between the nodes, each with `window` sends in flight over
+/// its own 4 rooms (so half the sends are forwarded to the other node, the
+/// owner). `naive`: `--batch-max 1`, one commit per message.
+async fn durable(
+    redis: &RedisServer,
+    senders: usize,
+    window: u64,
+    secs: u64,
+    naive: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let extra: &[&str] = if naive { &["--batch-max", "1"] } else { &[] };
+    let servers = start_pair_with("chorus", redis, extra)?;
+    let mode = if naive {
+        "one commit per message"
+    } else {
+        "group commit"
+    };
+    // Calibrate: a short run sizes the real one to about `secs`.
+    let run = |count: u64| {
+        let servers = &servers;
+        async move {
+            let mut jobs = Vec::new();
+            for s in 0..senders {
+                let server = &servers[s % servers.len()];
+                let token = chorus_tests::token(&format!("d{s}"), 86_400, None, None);
+                let mut ws =
+                    load::connect(Proto::Chorus, server.addr, load::source(s), &token).await?;
+                let rooms: Vec<String> = (0..4).map(|r| format!("durable-{s}-{r}")).collect();
+                for room in &rooms {
+                    load::join(&mut ws, Proto::Chorus, room).await?;
+                }
+                let tag = format!("{}-{count}", load::now_us());
+                jobs.push(tokio::spawn(async move {
+                    load::send_acked(&mut ws, &rooms, &tag, count, window, 100).await
+                }));
+            }
+            let started = std::time::Instant::now();
+            let mut acked = 0;
+            for j in jobs {
+                acked += j.await??;
+            }
+            anyhow::Ok((acked, started.elapsed().as_secs_f64()))
+        }
+    };
+    let (n, t) = run(200).await?;
+    let per_sender = ((n as f64 / t) * secs as f64 / senders as f64).max(100.0) as u64;
+    let cpu0: f64 = servers.iter().map(|s| load::cpu_secs(s.pid)).sum();
+    let (acked, took) = run(per_sender).await?;
+    let cpu = servers.iter().map(|s| load::cpu_secs(s.pid)).sum::<f64>() - cpu0;
+    let rate = acked as f64 / took;
+    println!(
+        "  {:<13} durable, 2 nodes on PostgreSQL, {mode}: {acked} acked in {took:.1} s = {rate:.0} acks/s ({senders} senders x {window} in flight), {:.0} acks per node CPU-s",
+        "chorus",
+        acked as f64 / cpu.max(0.001)
+    );
+    Ok(
+        json!({"mode": mode, "acked": acked, "secs": took, "acks_per_sec": rate,
+        "acks_per_cpu_sec": acked as f64 / cpu.max(0.001), "senders": senders, "window": window}),
+    )
+}
+
 /// Fan-out to one room at stepped rates.
 async fn fanout(
     server: &Server,
@@ -616,6 +688,20 @@ async fn main() -> anyhow::Result<()> {
             let v = v.unwrap_or_else(|e| failed("rooms", e));
             figures.insert("rooms".into(), v);
         }
+        if scenarios.iter().any(|s| s == "durable") {
+            if name == "chorus" {
+                let secs = args.step_secs * 2;
+                let (senders, window) = if args.quick { (4, 16) } else { (64, 64) };
+                for naive in [false, true] {
+                    let key = if naive { "durable_naive" } else { "durable" };
+                    let v = durable(&redis, senders, window, secs, naive).await;
+                    let v = v.unwrap_or_else(|e| failed("durable", e));
+                    figures.insert(key.into(), v);
+                }
+            } else {
+                println!("  {name:<13} durable: not applicable (it stores nothing)");
+            }
+        }
         if scenarios.iter().any(|s| s == "storm") {
             let v = match start(name, &redis) {
                 Ok(server) => storm(&server, args.storm).await,
@@ -662,6 +748,16 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
         (
             "rooms x 10 over 2 instances: lost".into(),
             "/rooms/lost",
+            false,
+        ),
+        (
+            "durable (2 nodes, PostgreSQL): acks/s, group commit".into(),
+            "/durable/acks_per_sec",
+            false,
+        ),
+        (
+            "durable: acks/s, one commit per message".into(),
+            "/durable_naive/acks_per_sec",
             false,
         ),
         (

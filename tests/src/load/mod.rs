@@ -389,6 +389,51 @@ pub async fn publish_many(
     Ok(count)
 }
 
+/// chorus only: send `count` messages round-robin over `rooms` (joined on
+/// this connection) with at most `window` unacknowledged, as fast as acks
+/// come back. Returns the acks received. Each ack means the message is
+/// committed to history.
+pub async fn send_acked(
+    ws: &mut Ws,
+    rooms: &[String],
+    tag: &str,
+    count: u64,
+    window: u64,
+    size: usize,
+) -> anyhow::Result<u64> {
+    anyhow::ensure!(!rooms.is_empty(), "at least one room");
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < count {
+        while sent < count && sent - acked < window {
+            let room = &rooms[sent as usize % rooms.len()];
+            let frame = format!(
+                r#"{{"op":"send","id":{sent},"room":"{room}","cid":"{tag}-{sent}","body":{}}}"#,
+                body(sent, now_us(), size)
+            );
+            ws.feed(Message::text(frame)).await?;
+            sent += 1;
+        }
+        ws.flush().await?;
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack within 30 s"))?;
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                if t.starts_with(r#"{"op":"ack""#) {
+                    acked += 1;
+                } else if t.starts_with(r#"{"op":"error""#) {
+                    anyhow::bail!("send refused: {t}");
+                } else {
+                    heartbeat(ws, Proto::Chorus, &t).await?;
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => anyhow::bail!("connection closed after {acked} acks"),
+        }
+    }
+    Ok(acked)
+}
+
 /// A contender's server process.
 pub struct Server {
     pub name: &'static str,
