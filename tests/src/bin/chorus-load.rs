@@ -17,6 +17,8 @@
 //! - rooms: 1,500 rooms x 10 members over two instances (chorus: a 2-node
 //!   cluster on Redis + PostgreSQL; peers: two processes on one Redis),
 //!   members spread over both: deliveries per server CPU-second, losses.
+//! - latency: 100 rooms x 10 members over two instances at 5,000 sends/s:
+//!   send-to-receive and send-to-ack percentiles (chorus acks after commit).
 //! - durable (chorus only): sends acked per second on a 2-node cluster, each
 //!   committed to PostgreSQL; with group commit and with one commit per
 //!   message (`--batch-max 1`).
@@ -54,8 +56,9 @@ struct Args {
     /// Contenders to run (comma separated): chorus, socketio, socketioxide.
     #[arg(long, default_value = "chorus,socketio,socketioxide")]
     only: String,
-    /// Scenarios to run (comma separated): idle, fanout, storm, rooms, durable.
-    #[arg(long, default_value = "idle,fanout,storm,rooms,durable")]
+    /// Scenarios to run (comma separated): idle, fanout, storm, rooms,
+    /// latency, durable.
+    #[arg(long, default_value = "idle,fanout,storm,rooms,latency,durable")]
     scenarios: String,
     /// Rooms of 10 members in the small-rooms scenario (over 2 instances).
     #[arg(long, default_value_t = 1_500)]
@@ -446,12 +449,29 @@ async fn small_rooms(
         let share = rate / publishers as f64;
         jobs.push(tokio::spawn(async move {
             let mut next_k = vec![0u64; names.len()];
-            load::publish_many(&mut ws, proto, &names, &mut next_k, count, share, size).await
+            let mut acks = load::new_histogram();
+            let sent = load::publish_many(
+                &mut ws,
+                proto,
+                &names,
+                &mut next_k,
+                load::Pace {
+                    count,
+                    rate: share,
+                    size,
+                },
+                Some(&mut acks),
+            )
+            .await?;
+            anyhow::Ok((sent, acks))
         }));
     }
     let mut sent = 0;
+    let mut acks = load::new_histogram();
     for j in jobs {
-        sent += j.await??;
+        let (n, h) = j.await??;
+        sent += n;
+        let _ = acks.add(&h);
     }
     // Each message reaches the members of its room.
     let want = sent * members as u64;
@@ -470,15 +490,23 @@ async fn small_rooms(
     let lost = want.saturating_sub(got);
     let behind = after.behind - before.behind;
     let per_cpu = got as f64 / cpu.max(0.001);
-    let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let p99 = ms(&lag, 0.99);
     println!(
-        "  {name:<13} {rooms} rooms x {members} over 2 instances, {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, lag p50 {:.1} ms p99 {p99:.1} ms, {per_cpu:.0} deliveries/CPU-s",
-        lag.value_at_quantile(0.5) as f64 / 1000.0
+        "  {name:<13} {rooms} rooms x {members} over 2 instances, {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, send-to-receive p50 {:.1} / p99 {p99:.1} / p99.9 {:.1} ms, send-to-ack p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms ({} acks), {per_cpu:.0} deliveries/CPU-s",
+        ms(&lag, 0.5),
+        ms(&lag, 0.999),
+        ms(&acks, 0.5),
+        ms(&acks, 0.99),
+        ms(&acks, 0.999),
+        acks.len(),
     );
     Ok(json!({
         "rooms": rooms, "members": members, "rate": rate, "delivered": got, "expected": want,
-        "lost": lost, "out_of_order": behind, "lag_p99_ms": p99, "cpu_secs": cpu,
-        "deliveries_per_cpu_sec": per_cpu,
+        "lost": lost, "out_of_order": behind, "cpu_secs": cpu, "deliveries_per_cpu_sec": per_cpu,
+        "receive_ms": {"p50": ms(&lag, 0.5), "p99": p99, "p999": ms(&lag, 0.999)},
+        "ack_ms": {"p50": ms(&acks, 0.5), "p99": ms(&acks, 0.99), "p999": ms(&acks, 0.999)},
+        "acks": acks.len(),
     }))
 }
 
@@ -688,6 +716,21 @@ async fn main() -> anyhow::Result<()> {
             let v = v.unwrap_or_else(|e| failed("rooms", e));
             figures.insert("rooms".into(), v);
         }
+        if scenarios.iter().any(|s| s == "latency") {
+            let (rooms, rate) = if args.quick {
+                (10, 100.0)
+            } else {
+                (100, 5_000.0)
+            };
+            let v = match start_pair(name, &redis) {
+                Ok(servers) => {
+                    small_rooms(&servers, rooms, 10, rate, args.step_secs * 2, args.size).await
+                }
+                Err(e) => Err(e),
+            };
+            let v = v.unwrap_or_else(|e| failed("latency", e));
+            figures.insert("latency".into(), v);
+        }
         if scenarios.iter().any(|s| s == "durable") {
             if name == "chorus" {
                 let secs = args.step_secs * 2;
@@ -748,6 +791,16 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
         (
             "rooms x 10 over 2 instances: lost".into(),
             "/rooms/lost",
+            false,
+        ),
+        (
+            "latency (2 instances, 5,000 sends/s): send-to-receive p99 ms".into(),
+            "/latency/receive_ms/p99",
+            false,
+        ),
+        (
+            "latency: send-to-ack p99 ms".into(),
+            "/latency/ack_ms/p99",
             false,
         ),
         (

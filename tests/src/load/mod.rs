@@ -331,24 +331,36 @@ pub async fn publish(
         proto,
         &[room.to_owned()],
         &mut next_k,
-        count,
-        rate,
-        size,
+        Pace { count, rate, size },
+        None,
     )
     .await
 }
 
+/// How many messages, how fast (per second) and how big (bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub count: u64,
+    pub rate: f64,
+    pub size: usize,
+}
+
 /// [`publish`] round-robin over `rooms`, each room with its own sequence
 /// (`next_k[i]` is the next `k` of `rooms[i]`, advanced as messages go out).
+/// With `acks`, each send asks for an acknowledgement (chorus: always; its
+/// `ack` means committed; Socket.IO: an ack id, answered after the
+/// broadcast), and the time from each message's scheduled send to its ack
+/// goes into `acks` (microseconds); the publisher waits up to 10 s for the
+/// last ones.
 pub async fn publish_many(
     ws: &mut Ws,
     proto: Proto,
     rooms: &[String],
     next_k: &mut [u64],
-    count: u64,
-    rate: f64,
-    size: usize,
+    pace: Pace,
+    mut acks: Option<&mut Histogram<u64>>,
 ) -> anyhow::Result<u64> {
+    let Pace { count, rate, size } = pace;
     anyhow::ensure!(
         !rooms.is_empty() && rooms.len() == next_k.len(),
         "one k per room"
@@ -356,6 +368,25 @@ pub async fn publish_many(
     let start = tokio::time::Instant::now();
     let start_us = now_us();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let step_us = interval.as_micros() as u64;
+    let mut acked = 0u64;
+    // The message index an ack frame acknowledges.
+    let ack_of = |t: &str| match proto {
+        Proto::Chorus if t.starts_with(r#"{"op":"ack""#) => field(t, r#""id":"#),
+        Proto::SocketIo if t.starts_with("43") => {
+            t[2..].split('[').next().and_then(|n| n.parse::<u64>().ok())
+        }
+        _ => None,
+    };
+    let book = |t: &str, acks: &mut Option<&mut Histogram<u64>>| -> bool {
+        match (ack_of(t), acks.as_deref_mut()) {
+            (Some(id), Some(h)) => {
+                let _ = h.record(now_us().saturating_sub(start_us + step_us * id).max(1));
+                true
+            }
+            _ => false,
+        }
+    };
     for i in 0..count {
         let due = start + interval.mul_f64(i as f64);
         // Drain what the server sent meanwhile (acks, pings) without waiting.
@@ -364,7 +395,11 @@ pub async fn publish_many(
                 biased;
                 _ = tokio::time::sleep_until(due) => break,
                 m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => { heartbeat(ws, proto, &t).await?; }
+                    Some(Ok(Message::Text(t))) => {
+                        if !heartbeat(ws, proto, &t).await? && book(&t, &mut acks) {
+                            acked += 1;
+                        }
+                    }
                     Some(Ok(_)) => {}
                     _ => anyhow::bail!("publisher connection closed"),
                 },
@@ -373,18 +408,36 @@ pub async fn publish_many(
         let r = i as usize % rooms.len();
         let (room, k) = (&rooms[r], next_k[r]);
         next_k[r] += 1;
-        let t = start_us + (interval.as_micros() as u64) * i;
-        let frame = match proto {
-            Proto::Chorus => format!(
+        let t = start_us + step_us * i;
+        let frame = match (proto, acks.is_some()) {
+            (Proto::Chorus, _) => format!(
                 r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{}}}"#,
                 body(k, t, size)
             ),
-            Proto::SocketIo => format!(
+            (Proto::SocketIo, false) => format!(
                 r#"42["send",{{"room":"{room}","data":{}}}]"#,
+                body(k, t, size)
+            ),
+            (Proto::SocketIo, true) => format!(
+                r#"42{i}["send",{{"room":"{room}","data":{}}}]"#,
                 body(k, t, size)
             ),
         };
         ws.send(Message::text(frame)).await?;
+    }
+    if acks.is_some() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while acked < count {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if !heartbeat(ws, proto, &t).await? && book(&t, &mut acks) {
+                        acked += 1;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
     }
     Ok(count)
 }
