@@ -614,12 +614,18 @@ impl Conn {
                 Err(ReplayError::Socket) => return Ok(()),
             }
         }
-        if let Some(entry) = self.entry.clone() {
-            node.presence_join(&key, &self.session, &entry, self.handle.id)
-                .await;
-        }
+        let counted = match self.entry.clone() {
+            Some(entry) => {
+                node.presence_join(&key, &self.session, &entry, self.handle.id)
+                    .await
+            }
+            None => None,
+        };
         // A hot room's list would cost every joiner the whole room: the count only.
-        let online = node.presence.room_count(&key).await.unwrap_or(0);
+        let online = match counted {
+            Some(n) => n,
+            None => node.presence.room_count(&key).await.unwrap_or(0),
+        };
         let presence = if online > node.cfg.presence_hot_users {
             Vec::new()
         } else {

@@ -358,14 +358,15 @@ impl Node {
     }
 
     /// A connection of `session` entered a room: presence join, diff if the user
-    /// came online in it.
+    /// came online in it. Returns the room's online count when announcing
+    /// needed it (the join reply reuses it instead of asking again).
     pub async fn presence_join(
         &self,
         room: &str,
         session: &str,
         entry: &PresenceEntry,
         conn: ConnId,
-    ) {
+    ) -> Option<u64> {
         if let Some(mut slot) = self.sessions.get_mut(session) {
             slot.rooms.insert(room.to_owned());
         }
@@ -375,10 +376,13 @@ impl Node {
                     user: entry.user.clone(),
                     devices: vec![entry.device_info()],
                 }];
-                self.announce(room, joined, vec![], Some(conn)).await;
+                self.announce(room, joined, vec![], Some(conn)).await
             }
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "presence join failed"),
+            Ok(false) => None,
+            Err(e) => {
+                warn!(error = %e, "presence join failed");
+                None
+            }
         }
     }
 
@@ -399,30 +403,28 @@ impl Node {
     }
 
     async fn broadcast_left_users(&self, room: &str, users: Vec<String>) {
-        self.announce(room, vec![], users, None).await;
-    }
-
-    /// Whether more users are online in `room` than `--presence-hot-users`.
-    pub async fn is_hot(&self, room: &str) -> bool {
-        matches!(self.presence.room_count(room).await, Ok(n) if n > self.cfg.presence_hot_users)
+        let _ = self.announce(room, vec![], users, None).await;
     }
 
     /// Tell a room's members who came online and who went offline: a diff,
-    /// or for a hot room a mark to broadcast its online count at the next
-    /// `hot_count_loop` tick (one frame per interval, whatever the churn).
+    /// or for a hot room (more than `--presence-hot-users` online) a mark to
+    /// broadcast its online count at the next `hot_count_loop` tick (one
+    /// frame per interval, whatever the churn). Returns the online count, if
+    /// it could be read.
     async fn announce(
         &self,
         room: &str,
         joined: Vec<chorus_protocol::PresenceUser>,
         left: Vec<String>,
         except: Option<ConnId>,
-    ) {
-        if self.is_hot(room).await {
+    ) -> Option<u64> {
+        let online = self.presence.room_count(room).await.ok();
+        if online.is_some_and(|n| n > self.cfg.presence_hot_users) {
             self.hot_dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(room.to_owned());
-            return;
+            return online;
         }
         let frame = ServerFrame::PresenceDiff {
             room: public_name(room).to_owned(),
@@ -431,6 +433,7 @@ impl Node {
             online: None,
         };
         self.broadcast(room, &frame, except).await;
+        online
     }
 
     /// Broadcast the online count of every hot room that changed.
@@ -516,7 +519,7 @@ impl Node {
                     }
                 }
                 for (room, joined) in by_room {
-                    self.announce(&room, joined, vec![], None).await;
+                    let _ = self.announce(&room, joined, vec![], None).await;
                 }
             }
             Err(e) => warn!(error = %e, "presence refresh failed"),

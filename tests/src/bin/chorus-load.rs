@@ -243,7 +243,7 @@ fn start_pair_with(name: &str, redis: &RedisServer, extra: &[&str]) -> anyhow::R
 /// Open `n` connections joined to `room_of(i)`, 200 at a time; each becomes
 /// a receiver booking into `stats`.
 async fn open_receivers(
-    server: &Server,
+    servers: &[Server],
     n: usize,
     room_of: impl Fn(usize) -> String,
     stats: &Arc<Stats>,
@@ -254,6 +254,8 @@ async fn open_receivers(
         // One user per connection, as real clients are.
         let token = chorus_tests::token(&format!("u{i}"), 86_400, None, None);
         let room = room_of(i);
+        // Spread over the servers: connection i goes to server i mod len.
+        let server = &servers[i % servers.len()];
         let (proto, addr) = (server.proto, server.addr);
         let (stats, stop) = (stats.clone(), stop.clone());
         async move {
@@ -280,7 +282,7 @@ async fn open_receivers(
     if let Some(first) = failed.first() {
         println!(
             "  {:<13} {} of {n} connections failed (first: {first})",
-            server.name,
+            servers[0].name,
             failed.len()
         );
     }
@@ -294,7 +296,14 @@ async fn idle(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = watch::channel(false);
     let started = std::time::Instant::now();
-    let n = open_receivers(server, n, |i| format!("idle-{}", i % 100), &stats, &stop).await?;
+    let n = open_receivers(
+        std::slice::from_ref(server),
+        n,
+        |i| format!("idle-{}", i % 100),
+        &stats,
+        &stop,
+    )
+    .await?;
     let connect_secs = started.elapsed().as_secs_f64();
     // Let allocators and garbage collectors settle, heartbeats flow.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -403,30 +412,24 @@ async fn small_rooms(
     secs: u64,
     size: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    use futures_util::StreamExt;
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = watch::channel(false);
     let name = servers[0].name;
     let n = rooms * members;
-    let opened: Vec<anyhow::Result<()>> = futures_util::stream::iter((0..n).map(|i| {
-        let server = &servers[i % servers.len()];
-        let (proto, addr) = (server.proto, server.addr);
-        let (stats, stop) = (stats.clone(), stop.clone());
-        async move {
-            let token = chorus_tests::token(&format!("m{i}"), 86_400, None, None);
-            let mut ws = load::connect(proto, addr, load::source(i), &token).await?;
-            load::join(&mut ws, proto, &format!("small-{}", i / members)).await?;
-            tokio::spawn(load::receive(ws, proto, stats, i, stop));
-            anyhow::Ok(())
-        }
-    }))
-    .buffer_unordered(200)
-    .collect()
-    .await;
-    let failed = opened.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = opened.into_iter().find(|r| r.is_err()) {
-        anyhow::bail!("{failed} of {n} connections failed, first: {e:#}");
-    }
+    let connected = open_receivers(
+        servers,
+        n,
+        |i| format!("small-{}", i / members),
+        &stats,
+        &stop,
+    )
+    .await?;
+    // Expected deliveries assume every member: no failure is tolerated here.
+    anyhow::ensure!(
+        connected == n,
+        "{} of {n} members failed to join",
+        n - connected
+    );
     let per_publisher = 50;
     let publishers = rooms.div_ceil(per_publisher);
     let mut jobs = Vec::new();
@@ -584,7 +587,14 @@ async fn fanout(
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = watch::channel(false);
     let room = format!("fan{members}");
-    let members = open_receivers(server, members, |_| room.clone(), &stats, &stop).await?;
+    let members = open_receivers(
+        std::slice::from_ref(server),
+        members,
+        |_| room.clone(),
+        &stats,
+        &stop,
+    )
+    .await?;
     let token = chorus_tests::token("publisher", 86_400, None, None);
     let mut publisher =
         load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
@@ -691,28 +701,28 @@ async fn main() -> anyhow::Result<()> {
             json!({"error": format!("{e:#}")})
         };
         if scenarios.iter().any(|s| s == "idle") {
-            let v = match start(name, &redis) {
-                Ok(server) => idle(&server, args.idle).await,
-                Err(e) => Err(e),
-            };
+            let v = async {
+                let server = start(name, &redis)?;
+                idle(&server, args.idle).await
+            }
+            .await;
             let v = v.unwrap_or_else(|e| failed("idle", e));
             figures.insert("idle".into(), v);
         }
         if scenarios.iter().any(|s| s == "rooms") {
-            let v = match start_pair(name, &redis) {
-                Ok(servers) => {
-                    small_rooms(
-                        &servers,
-                        args.small_rooms,
-                        10,
-                        args.small_rate,
-                        args.step_secs * 2,
-                        args.size,
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
+            let v = async {
+                let servers = start_pair(name, &redis)?;
+                small_rooms(
+                    &servers,
+                    args.small_rooms,
+                    10,
+                    args.small_rate,
+                    args.step_secs * 2,
+                    args.size,
+                )
+                .await
+            }
+            .await;
             let v = v.unwrap_or_else(|e| failed("rooms", e));
             figures.insert("rooms".into(), v);
         }
@@ -722,12 +732,11 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 (100, 5_000.0)
             };
-            let v = match start_pair(name, &redis) {
-                Ok(servers) => {
-                    small_rooms(&servers, rooms, 10, rate, args.step_secs * 2, args.size).await
-                }
-                Err(e) => Err(e),
-            };
+            let v = async {
+                let servers = start_pair(name, &redis)?;
+                small_rooms(&servers, rooms, 10, rate, args.step_secs * 2, args.size).await
+            }
+            .await;
             let v = v.unwrap_or_else(|e| failed("latency", e));
             figures.insert("latency".into(), v);
         }
@@ -746,20 +755,22 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if scenarios.iter().any(|s| s == "storm") {
-            let v = match start(name, &redis) {
-                Ok(server) => storm(&server, args.storm).await,
-                Err(e) => Err(e),
-            };
+            let v = async {
+                let server = start(name, &redis)?;
+                storm(&server, args.storm).await
+            }
+            .await;
             let v = v.unwrap_or_else(|e| failed("storm", e));
             figures.insert("storm".into(), v);
         }
         if scenarios.iter().any(|s| s == "fanout") {
             for &m in &members {
                 let step = Duration::from_secs(args.step_secs);
-                let v = match start(name, &redis) {
-                    Ok(server) => fanout(&server, m, &rates, step, args.size).await,
-                    Err(e) => Err(e),
-                };
+                let v = async {
+                    let server = start(name, &redis)?;
+                    fanout(&server, m, &rates, step, args.size).await
+                }
+                .await;
                 let v = v.unwrap_or_else(|e| failed("fan-out", e));
                 figures.insert(format!("fanout_{m}"), v);
             }

@@ -100,6 +100,12 @@ impl Table {
     }
 }
 
+/// `key<sep>value, key<sep>value, ...`
+fn listing<V: std::fmt::Display>(map: &BTreeMap<String, V>, sep: &str) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}{sep}{v}")).collect();
+    parts.join(", ")
+}
+
 fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
@@ -318,8 +324,7 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
             m.seed, m.nodes, m.clients, m.run_seconds
         ),
     );
-    let faults: Vec<String> = m.faults.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-    t.figure("faults injected", faults.join(", "));
+    t.figure("faults injected", listing(&m.faults, " x"));
     t.figure(
         "sends / acked / publishes",
         format!("{sent} / {acked_n} / {}", m.published.len()),
@@ -358,10 +363,8 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
     );
     t.figure("connect failures (retried)", connect_failures);
     t.figure("read receipts sent", receipts);
-    let closes: Vec<String> = closes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    t.figure("closes by code", closes.join(", "));
-    let errors: Vec<String> = errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    t.figure("error frames", errors.join(", "));
+    t.figure("closes by code", listing(&closes, ": "));
+    t.figure("error frames", listing(&errors, ": "));
     t.figure("send to ack (incl. retries)", quantiles(&ack_ms));
     t.figure("delivery lag", quantiles(&lag_ms));
     t.figure(
@@ -379,12 +382,7 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
             ms(m.presence_bound)
         ),
     );
-    let queries: Vec<String> = m
-        .presence_queries
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    t.figure("side presence queries", queries.join(", "));
+    t.figure("side presence queries", listing(&m.presence_queries, ": "));
     let mib = |k: u64| k as f64 / 1024.0;
     let rss: Vec<String> = m
         .rss_kib
@@ -394,12 +392,10 @@ pub fn check(logs: &[ClientLog], history: &[StoredRow], m: &Measured) -> Report 
         })
         .collect();
     t.figure("RSS first/peak/last (MiB)", rss.join(", "));
-    let wq: Vec<String> = m
-        .peak_writer_queue
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    t.figure("peak writer queue depth", wq.join(", "));
+    t.figure(
+        "peak writer queue depth",
+        listing(&m.peak_writer_queue, " "),
+    );
 
     for c in &m.crashes {
         details.push(format!("crash: {c}"));
