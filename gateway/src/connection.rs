@@ -297,12 +297,19 @@ impl Conn {
             tokio::time::Instant::now() + Duration::from_millis(ms)
         });
         let kill = self.handle.kill.clone();
+        // Created once, not per turn of the loop: a timer or waiter made anew
+        // on every wake-up is registered and removed again for each delivery.
+        // Each of them ends the loop, so none is polled after it completes.
+        let killed = kill.wait();
+        let stopping = crate::node::wait_true(&mut shutdown);
+        let expired = sleep_until_opt(expiry);
+        tokio::pin!(killed, stopping, expired);
         loop {
             let step = tokio::select! {
                 biased;
-                code = kill.wait() => Err(End::Close(code)),
-                _ = crate::node::wait_true(&mut shutdown) => return Box::pin(self.drain()).await,
-                _ = sleep_until_opt(expiry) => Err(End::Close(CloseCode::TokenExpired)),
+                code = &mut killed => Err(End::Close(code)),
+                _ = &mut stopping => return Box::pin(self.drain()).await,
+                _ = &mut expired => Err(End::Close(CloseCode::TokenExpired)),
                 inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     Box::pin(self.on_ack(done)).await

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_protocol::CloseCode;
@@ -139,22 +140,59 @@ impl ConnHandle {
     }
 }
 
+/// When a room's fan-out is coalesced (see `Config::fanout_window_ms`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FanoutWindow {
+    /// Zero: never.
+    pub span: Duration,
+    /// Rooms with fewer local connections fan out at once.
+    pub members: usize,
+}
+
+/// Bytes held in a window above which it is fanned out early.
+const WINDOW_MAX_BYTES: usize = 64 * 1024;
+
+/// A room's local connections and its coalescing window.
+///
+/// A large room fans out a batch at once when its previous fan-out is at least
+/// `span` old; a batch committed sooner is held until `span` after it, and goes
+/// out with everything else held by then. Under load, each connection thus
+/// writes a window's messages with one system call; a quiet room adds no
+/// latency.
+#[derive(Debug, Default)]
+struct Room {
+    conns: HashMap<ConnId, ConnHandle>,
+    /// Frames held for the window's end, ascending seq.
+    held: Vec<(u64, Utf8Bytes)>,
+    held_bytes: usize,
+    /// When the room last fanned out.
+    last_fanout: Option<Instant>,
+}
+
 /// Room key -> local connections in it.
 ///
 /// DashMap shards the map so joins in one room do not contend with fan-out in
 /// another; a shard lock is held only while queueing (`try_send`, never awaits).
 #[derive(Debug, Default)]
 pub struct Hub {
-    rooms: DashMap<Arc<str>, HashMap<ConnId, ConnHandle>>,
+    rooms: DashMap<Arc<str>, Room>,
+    window: FanoutWindow,
 }
 
 impl Hub {
+    pub fn new(window: FanoutWindow) -> Hub {
+        Hub {
+            rooms: DashMap::new(),
+            window,
+        }
+    }
+
     /// Add a connection to a room; returns the interned room key and whether the
     /// room had no local connection before (the node should subscribe to it).
     pub fn subscribe(&self, room: &str, conn: ConnHandle) -> (Arc<str>, bool) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
             let key = entry.key().clone();
-            entry.insert(conn.id, conn);
+            entry.conns.insert(conn.id, conn);
             return (key, false);
         }
         let key: Arc<str> = Arc::from(room);
@@ -163,8 +201,9 @@ impl Hub {
             .entry(key.clone())
             .or_insert_with(|| {
                 first = true;
-                HashMap::new()
+                Room::default()
             })
+            .conns
             .insert(conn.id, conn);
         (key, first)
     }
@@ -174,43 +213,70 @@ impl Hub {
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
         let mut empty = false;
         if let Some(mut entry) = self.rooms.get_mut(room) {
-            entry.remove(&conn);
-            empty = entry.is_empty();
+            entry.conns.remove(&conn);
+            empty = entry.conns.is_empty();
         }
         if empty {
             // Re-check under the entry lock: a join may have raced in.
-            self.rooms.remove_if(room, |_, conns| conns.is_empty());
+            self.rooms.remove_if(room, |_, r| r.conns.is_empty());
         }
         empty
     }
 
     /// Deliver a committed batch of a room to every local connection in it: one
-    /// queue item per connection, the frames shared.
-    pub fn deliver(&self, room: &str, frames: MsgBatch) -> usize {
-        let Some(entry) = self.rooms.get(room) else {
+    /// queue item per connection, the frames shared. A large room's batch may
+    /// wait for the end of its window (see `Room`); nothing passes frames held
+    /// before it.
+    pub fn deliver(self: &Arc<Self>, room: &str, frames: MsgBatch) -> usize {
+        let Some(mut entry) = self.rooms.get_mut(room) else {
             return 0;
         };
         let key = entry.key().clone();
-        let bytes = frames.iter().map(|(_, f)| f.len()).sum();
-        let mut delivered = 0;
-        for conn in entry.values() {
-            if conn.offer(Outbound::Msgs {
-                room: key.clone(),
-                frames: frames.clone(),
-                bytes,
-            }) {
-                delivered += frames.len();
-            }
+        let w = self.window;
+        if w.span.is_zero() || entry.conns.len() < w.members {
+            return fan_out(&key, &entry.conns, frames);
         }
-        metrics::counter!("chorus_deliveries_total").increment(delivered as u64);
-        delivered
+        let now = Instant::now();
+        let r = &mut *entry;
+        let open = r.last_fanout.is_some_and(|t| now < t + w.span);
+        if r.held.is_empty() && !open {
+            r.last_fanout = Some(now);
+            return fan_out(&key, &r.conns, frames);
+        }
+        let arm = r.held.is_empty();
+        r.held_bytes += frames.iter().map(|(_, f)| f.len()).sum::<usize>();
+        r.held.extend(frames.iter().cloned());
+        if r.held_bytes >= WINDOW_MAX_BYTES {
+            return flush(&key, r, now);
+        }
+        if arm {
+            let at = r.last_fanout.map_or(now, |t| t + w.span);
+            let hub = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                if let Some(hub) = hub.upgrade() {
+                    hub.window_end(&key);
+                }
+            });
+        }
+        0
+    }
+
+    /// Fan out what a room's window holds.
+    fn window_end(&self, room: &str) {
+        if let Some(mut entry) = self.rooms.get_mut(room) {
+            let key = entry.key().clone();
+            flush(&key, &mut entry, Instant::now());
+        }
     }
 
     /// Tell every local connection in a room that history reaches `tip`.
     pub fn announce_tip(&self, room: &str, tip: u64) {
-        if let Some(entry) = self.rooms.get(room) {
+        if let Some(mut entry) = self.rooms.get_mut(room) {
             let key = entry.key().clone();
-            for conn in entry.values() {
+            // What the window holds comes before the tip.
+            flush(&key, &mut entry, Instant::now());
+            for conn in entry.conns.values() {
                 conn.offer(Outbound::Tip {
                     room: key.clone(),
                     tip,
@@ -222,7 +288,7 @@ impl Hub {
     /// Queue a frame to every local connection in a room, except `except`.
     pub fn broadcast(&self, room: &str, frame: &Utf8Bytes, except: Option<ConnId>) {
         if let Some(entry) = self.rooms.get(room) {
-            for conn in entry.values() {
+            for conn in entry.conns.values() {
                 if Some(conn.id) != except {
                     conn.offer(Outbound::Frame(frame.clone()));
                 }
@@ -232,13 +298,41 @@ impl Hub {
 
     /// How many local connections a room has.
     pub fn local_members(&self, room: &str) -> usize {
-        self.rooms.get(room).map(|e| e.len()).unwrap_or(0)
+        self.rooms.get(room).map(|e| e.conns.len()).unwrap_or(0)
     }
 
     /// Rooms with at least one local connection.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// Fan out the frames a room's window holds, if any.
+fn flush(key: &Arc<str>, room: &mut Room, now: Instant) -> usize {
+    if room.held.is_empty() {
+        return 0;
+    }
+    room.last_fanout = Some(now);
+    room.held_bytes = 0;
+    let frames: MsgBatch = std::mem::take(&mut room.held).into();
+    fan_out(key, &room.conns, frames)
+}
+
+/// One queue item per connection, the frames shared.
+fn fan_out(key: &Arc<str>, conns: &HashMap<ConnId, ConnHandle>, frames: MsgBatch) -> usize {
+    let bytes = frames.iter().map(|(_, f)| f.len()).sum();
+    let mut delivered = 0;
+    for conn in conns.values() {
+        if conn.offer(Outbound::Msgs {
+            room: key.clone(),
+            frames: frames.clone(),
+            bytes,
+        }) {
+            delivered += frames.len();
+        }
+    }
+    metrics::counter!("chorus_deliveries_total").increment(delivered as u64);
+    delivered
 }
 
 #[cfg(test)]
@@ -265,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliver_shares_one_batch_and_bounds_kill_slow_readers() {
-        let hub = Hub::default();
+        let hub = Arc::new(Hub::default());
         let (a, mut ra) = conn(1, 8, 1 << 20);
         let (b, _rb) = conn(2, 1, 1 << 20);
         let (c, _rc) = conn(3, 8, 4);
@@ -304,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tip_announcement_costs_no_byte_budget() {
-        let hub = Hub::default();
+        let hub = Arc::new(Hub::default());
         let (a, mut ra) = conn(1, 8, 1);
         hub.subscribe("r", a.clone());
         hub.announce_tip("r", 500);
@@ -317,5 +411,57 @@ mod tests {
             None,
             "a tip never trips the byte budget"
         );
+    }
+
+    fn seqs_of(o: Outbound) -> Vec<u64> {
+        match o {
+            Outbound::Msgs { frames, .. } => frames.iter().map(|f| f.0).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_room_holds_batches_within_its_window_and_sends_them_together() {
+        let span = Duration::from_millis(200);
+        let hub = Arc::new(Hub::new(FanoutWindow { span, members: 2 }));
+        let (a, mut ra) = conn(1, 64, 1 << 20);
+        let (b, mut rb) = conn(2, 64, 1 << 20);
+        hub.subscribe("big", a.clone());
+        hub.subscribe("big", b.clone());
+        let (c, mut rc) = conn(3, 64, 1 << 20);
+        hub.subscribe("small", c.clone());
+
+        let t0 = Instant::now();
+        assert_eq!(hub.deliver("big", batch(1..=1)), 2, "a quiet room: at once");
+        assert_eq!(
+            hub.deliver("big", batch(2..=3)),
+            0,
+            "within the window: held"
+        );
+        assert_eq!(hub.deliver("big", batch(4..=4)), 0);
+        assert_eq!(seqs_of(ra.recv().await.unwrap()), vec![1]);
+        assert_eq!(seqs_of(ra.recv().await.unwrap()), vec![2, 3, 4]);
+        assert!(
+            t0.elapsed() >= span - Duration::from_millis(5),
+            "held to the window's end"
+        );
+        assert_eq!(seqs_of(rb.recv().await.unwrap()), vec![1]);
+        assert_eq!(seqs_of(rb.recv().await.unwrap()), vec![2, 3, 4]);
+
+        // A room under the member threshold is never held.
+        hub.deliver("small", batch(1..=1));
+        hub.deliver("small", batch(2..=2));
+        assert_eq!(seqs_of(rc.try_recv().unwrap()), vec![1]);
+        assert_eq!(seqs_of(rc.try_recv().unwrap()), vec![2]);
+
+        // A tip announcement sends what is held first.
+        hub.deliver("big", batch(5..=5));
+        hub.announce_tip("big", 9);
+        assert_eq!(seqs_of(ra.try_recv().unwrap()), vec![5]);
+        assert!(matches!(
+            ra.try_recv().unwrap(),
+            Outbound::Tip { tip: 9, .. }
+        ));
+        assert!(ra.try_recv().is_err(), "nothing sent twice");
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::{Auth, now_ms, public_name};
 use crate::broker::redis::{RedisBroker, command_client};
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
-use crate::hub::{ConnId, Hub};
+use crate::hub::{ConnId, FanoutWindow, Hub};
 use crate::ownership::Ownership;
 use crate::presence::{
     LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,
@@ -100,7 +100,10 @@ impl Node {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(FanoutWindow {
+            span: Duration::from_millis(cfg.fanout_window_ms),
+            members: cfg.fanout_window_members,
+        }));
         match (cfg.redis_url.clone(), cfg.database_url.clone()) {
             (Some(redis_url), Some(database_url)) => {
                 let store: Arc<dyn HistoryStore> = Arc::new(
