@@ -297,6 +297,11 @@ impl Writer {
             }
         };
         metrics::histogram!("chorus_commit_seconds").record(started.elapsed().as_secs_f64());
+        // Each committed room is published, then its senders acked. The rooms
+        // of a group go out concurrently (their publishes share the Redis
+        // connection's writes instead of waiting a round trip each); the next
+        // group waits for all of them, so each room's batches stay in order.
+        let mut jobs = Vec::with_capacity(waiting.len());
         for (((room, reqs), batch), outcome) in waiting.into_iter().zip(&batches).zip(outcomes) {
             match outcome {
                 RoomOutcome::Fenced { current_epoch } => {
@@ -329,29 +334,33 @@ impl Writer {
                             (a.seq, Utf8Bytes::from(frame.encode()))
                         })
                         .collect();
-                    if let Some(&(last, _)) = frames.last() {
-                        let first = frames[0].0;
-                        let fanout = Instant::now();
-                        let published = self.broker.publish(&room, first, last, frames).await;
-                        metrics::histogram!("chorus_fanout_seconds")
-                            .record(fanout.elapsed().as_secs_f64());
-                        if let Err(e) = published {
-                            // Committed is what counts: receivers find the gap by seq
-                            // and fill it from history.
-                            warn!(%room, error = %e, "publish failed after commit");
+                    let broker = self.broker.clone();
+                    jobs.push(async move {
+                        if let Some(&(last, _)) = frames.last() {
+                            let first = frames[0].0;
+                            let fanout = Instant::now();
+                            let published = broker.publish(&room, first, last, frames).await;
+                            metrics::histogram!("chorus_fanout_seconds")
+                                .record(fanout.elapsed().as_secs_f64());
+                            if let Err(e) = published {
+                                // Committed is what counts: receivers find the gap by
+                                // seq and fill it from history.
+                                warn!(%room, error = %e, "publish failed after commit");
+                            }
                         }
-                    }
-                    for (a, (_, reply)) in appended.into_iter().zip(reqs) {
-                        let _ = reply.send(Ok(Acked {
-                            seq: a.seq,
-                            id: a.id,
-                            ts: a.ts,
-                            duplicate: a.duplicate,
-                        }));
-                    }
+                        for (a, (_, reply)) in appended.into_iter().zip(reqs) {
+                            let _ = reply.send(Ok(Acked {
+                                seq: a.seq,
+                                id: a.id,
+                                ts: a.ts,
+                                duplicate: a.duplicate,
+                            }));
+                        }
+                    });
                 }
             }
         }
+        futures_util::future::join_all(jobs).await;
         metrics::histogram!("chorus_group_seconds").record(started.elapsed().as_secs_f64());
     }
 
