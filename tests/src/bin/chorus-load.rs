@@ -26,6 +26,8 @@
 //!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
 //!   lag and deliveries per server CPU-second; the highest rate with every
 //!   message delivered in order and p99 lag <= 50 ms is the sustainable rate.
+//!   Stepping goes on past it while every message arrives in order and p99
+//!   lag stays under 1 s, for the peak deliveries per CPU-second.
 //!
 //! The server is pinned to CPU 0 and the load generator to CPU 1 (taskset).
 
@@ -576,6 +578,10 @@ async fn durable(
     )
 }
 
+/// A fan-out step whose p99 lag is above this ends the stepping even when
+/// every message arrived in order.
+const FANOUT_GIVE_UP_MS: f64 = 1_000.0;
+
 /// Fan-out to one room at stepped rates.
 async fn fanout(
     server: &Server,
@@ -605,6 +611,7 @@ async fn fanout(
     let mut steps = Vec::new();
     let mut sustained = 0.0f64;
     let mut best_per_cpu = 0.0f64;
+    let mut best_intact = 0.0f64;
     let mut k = 0u64;
     for &rate in rates {
         let count = (rate * step.as_secs_f64()).round().max(1.0) as u64;
@@ -639,10 +646,14 @@ async fn fanout(
         let p50 = lag.value_at_quantile(0.5) as f64 / 1000.0;
         let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
         let per_cpu = got as f64 / cpu.max(0.001);
-        let ok = lost == 0 && behind == 0 && p99 <= 50.0;
+        let intact = lost == 0 && behind == 0;
+        let ok = intact && p99 <= 50.0;
         if ok {
             sustained = sustained.max(rate);
             best_per_cpu = best_per_cpu.max(per_cpu);
+        }
+        if intact {
+            best_intact = best_intact.max(per_cpu);
         }
         println!(
             "  {:<13} fan-out {members} x {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, lag p50 {p50:.1} ms p99 {p99:.1} ms, {per_cpu:.0} deliveries/CPU-s{}",
@@ -654,14 +665,18 @@ async fn fanout(
             "lag_p50_ms": p50, "lag_p99_ms": p99, "cpu_secs": cpu, "deliveries_per_cpu_sec": per_cpu,
             "disconnects": after.disconnects, "sustained": ok,
         }));
-        if !ok {
+        // Past the sustainable rate, step on while every message still
+        // arrives in order and the lag stays bounded: the peak of deliveries
+        // per CPU-second comes from batching, which grows with the rate.
+        if !intact || p99 > FANOUT_GIVE_UP_MS {
             break;
         }
     }
     let _ = stop_tx.send(true);
     Ok(json!({
         "members": members, "sustained_rate": sustained,
-        "best_deliveries_per_cpu_sec_sustained": best_per_cpu, "steps": steps,
+        "best_deliveries_per_cpu_sec_sustained": best_per_cpu,
+        "best_deliveries_per_cpu_sec_intact": best_intact, "steps": steps,
     }))
 }
 
@@ -842,6 +857,11 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
             "",
             true,
         ));
+        rows.push((
+            format!("fan-out {m}: best deliveries/CPU-s, no loss or reordering (any lag)"),
+            "",
+            true,
+        ));
     }
     println!("\n| figure | {} | ratios |", contenders.join(" | "));
     println!("|---|{}---|", "---|".repeat(contenders.len()));
@@ -858,6 +878,8 @@ fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]
             let f = &v[format!("fanout_{m}")];
             if label.contains("sustained msgs") {
                 f["sustained_rate"].as_f64()
+            } else if label.contains("any lag") {
+                f["best_deliveries_per_cpu_sec_intact"].as_f64()
             } else {
                 f["best_deliveries_per_cpu_sec_sustained"].as_f64()
             }
