@@ -21,12 +21,11 @@ use chorus_protocol::{
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, warn};
 
 use crate::auth::{AuthError, Identity, LEEWAY_SECS, now_ms};
-use crate::hub::{ConnHandle, Kill, Outbound};
+use crate::hub::{ConnHandle, Kill, Outbound, Queue};
 use crate::node::Node;
 use crate::presence::PresenceEntry;
 use crate::ratelimit::TokenBucket;
@@ -49,6 +48,16 @@ const REPLAY_PAGE: u32 = 500;
 const MAX_CID: usize = 128;
 /// How long a close waits for the client's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The connection's end of its outbound queue: closes it when dropped, so
+/// the hub stops queueing to a connection that is gone.
+struct QueueRx(Arc<Queue>);
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// Why the loop ended.
 enum End {
@@ -134,10 +143,10 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         Box::pin(close(&mut ws, code, None)).await;
         return;
     }
-    let (tx, rx) = mpsc::channel(node.cfg.outbound_queue);
+    let queue = Queue::new(node.cfg.outbound_queue);
     let handle = ConnHandle {
         id: node.next_conn_id(),
-        tx,
+        tx: queue.clone(),
         kill: Arc::new(Kill::default()),
         max_bytes: node.cfg.outbound_bytes,
     };
@@ -145,7 +154,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         node: node.clone(),
         ws,
         handle,
-        rx,
+        rx: QueueRx(queue),
         user_key: user_key.clone(),
         ident,
         session: String::new(),
@@ -232,7 +241,7 @@ struct Conn {
     node: Arc<Node>,
     ws: WebSocket,
     handle: ConnHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: QueueRx,
     ident: Identity,
     user_key: String,
     /// Session id (kept across resumes).
@@ -314,7 +323,7 @@ impl Conn {
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     Box::pin(self.on_ack(done)).await
                 }
-                Some(out) = self.rx.recv() => self.on_outbound(out).await,
+                Some(out) = self.rx.0.pop() => self.on_outbound(out).await,
                 _ = tick.tick() => Box::pin(self.on_tick()).await,
             };
             if let Err(end) = step {
@@ -960,7 +969,7 @@ impl Conn {
                 return Err(End::Close(code));
             }
             self.feed_outbound(o).await?;
-            next = self.rx.try_recv().ok();
+            next = self.rx.0.try_pop();
         }
         self.flush().await
     }
@@ -978,7 +987,9 @@ impl Conn {
             Outbound::Tip { room, tip } => {
                 let behind = self.rooms.get(&room).is_some_and(|j| j.last_seq < tip);
                 if behind {
-                    self.catch_up(&room, tip).await?;
+                    // Boxed: a history read is rare, and inline it would make
+                    // every connection's state as large as its future.
+                    Box::pin(self.catch_up(&room, tip)).await?;
                 }
                 Ok(())
             }
@@ -1008,7 +1019,7 @@ impl Conn {
             return Ok(()); // already written (replay overlap)
         }
         if seq > last + 1 {
-            self.catch_up(room, seq - 1).await?;
+            Box::pin(self.catch_up(room, seq - 1)).await?;
         }
         if let Some(j) = self.rooms.get_mut(room) {
             j.last_seq = seq;
@@ -1037,7 +1048,7 @@ impl Conn {
                 _ => break,
             }
         }
-        while let Ok(o) = self.rx.try_recv() {
+        while let Some(o) = self.rx.0.try_pop() {
             if self.feed_outbound(o).await.is_err() {
                 return End::Gone;
             }

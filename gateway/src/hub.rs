@@ -7,14 +7,17 @@
 //! on a connection, so one slow reader cannot slow a room.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_protocol::CloseCode;
 use dashmap::DashMap;
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 /// Process-unique connection id.
 pub type ConnId = u64;
@@ -47,6 +50,104 @@ impl Outbound {
             Outbound::Msgs { bytes, .. } => *bytes,
             Outbound::Tip { .. } => 0,
         }
+    }
+}
+
+/// A connection's outbound queue: bounded in items, one consumer (the
+/// connection's task), pushed to without waiting.
+///
+/// Unlike a channel, it holds no buffer while empty: an idle connection pays
+/// for a lock, a waker and an empty deque (see BENCHMARKS.md, idle memory).
+/// The deque grows with a burst and is released once drained.
+#[derive(Debug)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    waker: AtomicWaker,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds `cap` items.
+    Full,
+    /// The consumer is gone.
+    Closed,
+}
+
+/// Slots a drained deque may keep; a larger one is released.
+const QUEUE_KEEP: usize = 16;
+
+impl Queue {
+    pub fn new(cap: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            waker: AtomicWaker::new(),
+            cap: cap.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue an item and wake the consumer.
+    pub fn push(&self, item: Outbound) -> Result<(), Refused> {
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(Refused::Closed);
+            }
+            if st.items.len() >= self.cap {
+                return Err(Refused::Full);
+            }
+            st.items.push_back(item);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// The next item, if one is queued.
+    pub fn try_pop(&self) -> Option<Outbound> {
+        let mut st = self.lock();
+        let item = st.items.pop_front();
+        if st.items.is_empty() && st.items.capacity() > QUEUE_KEEP {
+            st.items = VecDeque::new();
+        }
+        item
+    }
+
+    /// The next item, waiting for one; `None` once closed and drained.
+    pub async fn pop(&self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| {
+            if let Some(item) = self.try_pop() {
+                return Poll::Ready(Some(item));
+            }
+            // Register, then look again: a push between the two is not lost.
+            self.waker.register(cx.waker());
+            match self.try_pop() {
+                Some(item) => Poll::Ready(Some(item)),
+                None if self.lock().closed => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Refuse further pushes and drop what is queued (the consumer is gone).
+    pub fn close(&self) {
+        let dropped = {
+            let mut st = self.lock();
+            st.closed = true;
+            std::mem::take(&mut st.items)
+        };
+        drop(dropped);
     }
 }
 
@@ -101,7 +202,7 @@ impl Kill {
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: Arc<Queue>,
     pub kill: Arc<Kill>,
     /// Byte budget of the queue.
     pub max_bytes: usize,
@@ -118,14 +219,14 @@ impl ConnHandle {
             self.slow();
             return false;
         }
-        match self.tx.try_send(item) {
+        match self.tx.push(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.kill.dequeued(bytes);
                 self.slow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::Closed) => {
                 self.kill.dequeued(bytes);
                 false
             }
@@ -339,17 +440,29 @@ fn fan_out(key: &Arc<str>, conns: &HashMap<ConnId, ConnHandle>, frames: MsgBatch
 mod tests {
     use super::*;
 
-    fn conn(id: ConnId, cap: usize, max_bytes: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn conn(id: ConnId, cap: usize, max_bytes: usize) -> (ConnHandle, Rx) {
+        let tx = Queue::new(cap);
         (
             ConnHandle {
                 id,
-                tx,
+                tx: tx.clone(),
                 kill: Arc::new(Kill::default()),
                 max_bytes,
             },
-            rx,
+            Rx(tx),
         )
+    }
+
+    /// The consumer's side, with the calls the tests make.
+    struct Rx(Arc<Queue>);
+
+    impl Rx {
+        async fn recv(&mut self) -> Option<Outbound> {
+            self.0.pop().await
+        }
+        fn try_recv(&mut self) -> Result<Outbound, ()> {
+            self.0.try_pop().ok_or(())
+        }
     }
 
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> MsgBatch {
@@ -463,5 +576,40 @@ mod tests {
             Outbound::Tip { tip: 9, .. }
         ));
         assert!(ra.try_recv().is_err(), "nothing sent twice");
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_wakes_its_consumer_and_lets_go_of_a_drained_burst() {
+        let q = Queue::new(40);
+        let frame = |i: u64| Outbound::Frame(Utf8Bytes::from(format!("f{i}")));
+        // A waiting consumer is woken by a push from another task.
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.pop().await })
+        };
+        tokio::task::yield_now().await;
+        q.push(frame(0)).unwrap();
+        assert!(matches!(waiter.await.unwrap(), Some(Outbound::Frame(f)) if f.as_str() == "f0"));
+
+        for i in 1..=40 {
+            q.push(frame(i)).unwrap();
+        }
+        assert_eq!(q.push(frame(41)), Err(Refused::Full), "bounded in items");
+        for i in 1..=40 {
+            match q.try_pop() {
+                Some(Outbound::Frame(f)) => assert_eq!(f.as_str(), format!("f{i}"), "in order"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(q.try_pop().is_none());
+        assert_eq!(q.lock().items.capacity(), 0, "a drained burst is released");
+
+        q.push(frame(1)).unwrap();
+        q.close();
+        assert_eq!(q.push(frame(2)), Err(Refused::Closed));
+        assert!(
+            q.pop().await.is_none(),
+            "closed: what was queued is dropped"
+        );
     }
 }
