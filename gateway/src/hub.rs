@@ -6,18 +6,18 @@
 //! connection over either bound is slow and is closed (4002); the hub never waits
 //! on a connection, so one slow reader cannot slow a room.
 
-use std::collections::HashMap;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_protocol::CloseCode;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Process-unique connection id.
 pub type ConnId = u64;
@@ -148,6 +148,7 @@ impl Queue {
             std::mem::take(&mut st.items)
         };
         drop(dropped);
+        self.waker.wake();
     }
 }
 
@@ -278,6 +279,8 @@ struct Room {
 pub struct Hub {
     rooms: DashMap<Arc<str>, Room>,
     window: FanoutWindow,
+    /// Set by the node's drain: nothing is held any more.
+    no_hold: AtomicBool,
 }
 
 impl Hub {
@@ -285,6 +288,7 @@ impl Hub {
         Hub {
             rooms: DashMap::new(),
             window,
+            no_hold: AtomicBool::new(false),
         }
     }
 
@@ -334,19 +338,23 @@ impl Hub {
         };
         let key = entry.key().clone();
         let w = self.window;
-        if w.span.is_zero() || entry.conns.len() < w.members {
-            return fan_out(&key, &entry.conns, frames);
-        }
         let now = Instant::now();
         let r = &mut *entry;
+        let small =
+            w.span.is_zero() || r.conns.len() < w.members || self.no_hold.load(Ordering::Acquire);
         let open = r.last_fanout.is_some_and(|t| now < t + w.span);
-        if r.held.is_empty() && !open {
-            r.last_fanout = Some(now);
-            return fan_out(&key, &r.conns, frames);
+        if small || !open {
+            // Out now, after anything still held (a room that shrank below
+            // the threshold, or a window whose timer is late).
+            if r.held.is_empty() {
+                r.last_fanout = Some(now);
+                return fan_out(&key, &r.conns, frames);
+            }
+            hold(r, &frames);
+            return flush(&key, r, now);
         }
         let arm = r.held.is_empty();
-        r.held_bytes += frames.iter().map(|(_, f)| f.len()).sum::<usize>();
-        r.held.extend(frames.iter().cloned());
+        hold(r, &frames);
         if r.held_bytes >= WINDOW_MAX_BYTES {
             return flush(&key, r, now);
         }
@@ -354,13 +362,24 @@ impl Hub {
             let at = r.last_fanout.map_or(now, |t| t + w.span);
             let hub = Arc::downgrade(self);
             tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
+                tokio::time::sleep_until(at).await;
                 if let Some(hub) = hub.upgrade() {
                     hub.window_end(&key);
                 }
             });
         }
         0
+    }
+
+    /// Stop holding batches and send everything held (the node is draining:
+    /// connections write what is queued, then close).
+    pub fn stop_holding(&self) {
+        self.no_hold.store(true, Ordering::Release);
+        let now = Instant::now();
+        for mut entry in self.rooms.iter_mut() {
+            let key = entry.key().clone();
+            flush(&key, &mut entry, now);
+        }
     }
 
     /// Fan out what a room's window holds.
@@ -387,8 +406,14 @@ impl Hub {
     }
 
     /// Queue a frame to every local connection in a room, except `except`.
+    /// Messages held in the room's window go first: a receipt or presence
+    /// change never arrives before the messages committed ahead of it.
     pub fn broadcast(&self, room: &str, frame: &Utf8Bytes, except: Option<ConnId>) {
-        if let Some(entry) = self.rooms.get(room) {
+        if let Some(mut entry) = self.rooms.get_mut(room) {
+            if !entry.held.is_empty() {
+                let key = entry.key().clone();
+                flush(&key, &mut entry, Instant::now());
+            }
             for conn in entry.conns.values() {
                 if Some(conn.id) != except {
                     conn.offer(Outbound::Frame(frame.clone()));
@@ -406,6 +431,12 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// Add frames to a room's window.
+fn hold(r: &mut Room, frames: &MsgBatch) {
+    r.held_bytes += frames.iter().map(|(_, f)| f.len()).sum::<usize>();
+    r.held.extend(frames.iter().cloned());
 }
 
 /// Fan out the frames a room's window holds, if any.
@@ -611,5 +642,61 @@ mod tests {
             q.pop().await.is_none(),
             "closed: what was queued is dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn held_batches_go_first_when_the_room_shrinks_a_broadcast_follows_or_the_node_drains() {
+        let span = Duration::from_secs(30);
+        let hub = Arc::new(Hub::new(FanoutWindow { span, members: 2 }));
+        let (a, mut ra) = conn(1, 64, 1 << 20);
+        let (b, _rb) = conn(2, 64, 1 << 20);
+        hub.subscribe("r", a.clone());
+        hub.subscribe("r", b.clone());
+        hub.deliver("r", batch(1..=1));
+        hub.deliver("r", batch(2..=2));
+        assert_eq!(seqs_of(ra.try_recv().unwrap()), vec![1]);
+        assert!(ra.try_recv().is_err(), "2 is held");
+        // Below the threshold now: the next batch goes out at once, after 2.
+        hub.unsubscribe("r", 2);
+        hub.deliver("r", batch(3..=3));
+        assert_eq!(seqs_of(ra.try_recv().unwrap()), vec![2, 3]);
+
+        hub.subscribe("r", b.clone());
+        hub.deliver("r", batch(4..=4));
+        assert!(ra.try_recv().is_err(), "4 is held");
+        hub.broadcast("r", &Utf8Bytes::from_static("receipt"), None);
+        assert_eq!(
+            seqs_of(ra.try_recv().unwrap()),
+            vec![4],
+            "messages before the receipt"
+        );
+        assert!(matches!(ra.try_recv().unwrap(), Outbound::Frame(f) if f.as_str() == "receipt"));
+
+        hub.deliver("r", batch(5..=5));
+        assert!(ra.try_recv().is_err(), "5 is held");
+        hub.stop_holding();
+        assert_eq!(
+            seqs_of(ra.try_recv().unwrap()),
+            vec![5],
+            "a drain sends what is held"
+        );
+        hub.deliver("r", batch(6..=6));
+        assert_eq!(
+            seqs_of(ra.try_recv().unwrap()),
+            vec![6],
+            "and holds nothing after"
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_the_queue_wakes_a_waiting_consumer() {
+        let q = Queue::new(4);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.pop().await })
+        };
+        tokio::task::yield_now().await;
+        q.close();
+        assert!(waiter.await.unwrap().is_none());
     }
 }

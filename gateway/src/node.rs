@@ -606,6 +606,7 @@ impl Node {
             return;
         }
         info!(connections = self.connections(), "draining");
+        self.hub.stop_holding();
         let _ = self.shutdown.send(true);
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms);
