@@ -336,31 +336,34 @@ impl Hub {
         let Some(mut entry) = self.rooms.get_mut(room) else {
             return 0;
         };
-        let key = entry.key().clone();
+        let (key, r) = entry.pair_mut();
         let w = self.window;
-        let now = Instant::now();
-        let r = &mut *entry;
         let small =
             w.span.is_zero() || r.conns.len() < w.members || self.no_hold.load(Ordering::Acquire);
+        if small && r.held.is_empty() {
+            return fan_out(key, &r.conns, frames);
+        }
+        let now = Instant::now();
         let open = r.last_fanout.is_some_and(|t| now < t + w.span);
         if small || !open {
             // Out now, after anything still held (a room that shrank below
             // the threshold, or a window whose timer is late).
             if r.held.is_empty() {
                 r.last_fanout = Some(now);
-                return fan_out(&key, &r.conns, frames);
+                return fan_out(key, &r.conns, frames);
             }
             hold(r, &frames);
-            return flush(&key, r, now);
+            return flush(key, r);
         }
         let arm = r.held.is_empty();
         hold(r, &frames);
         if r.held_bytes >= WINDOW_MAX_BYTES {
-            return flush(&key, r, now);
+            return flush(key, r);
         }
         if arm {
             let at = r.last_fanout.map_or(now, |t| t + w.span);
             let hub = Arc::downgrade(self);
+            let key = key.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
                 if let Some(hub) = hub.upgrade() {
@@ -375,28 +378,27 @@ impl Hub {
     /// connections write what is queued, then close).
     pub fn stop_holding(&self) {
         self.no_hold.store(true, Ordering::Release);
-        let now = Instant::now();
         for mut entry in self.rooms.iter_mut() {
-            let key = entry.key().clone();
-            flush(&key, &mut entry, now);
+            let (key, r) = entry.pair_mut();
+            flush(key, r);
         }
     }
 
     /// Fan out what a room's window holds.
     fn window_end(&self, room: &str) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
-            let key = entry.key().clone();
-            flush(&key, &mut entry, Instant::now());
+            let (key, r) = entry.pair_mut();
+            flush(key, r);
         }
     }
 
     /// Tell every local connection in a room that history reaches `tip`.
     pub fn announce_tip(&self, room: &str, tip: u64) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
-            let key = entry.key().clone();
+            let (key, r) = entry.pair_mut();
             // What the window holds comes before the tip.
-            flush(&key, &mut entry, Instant::now());
-            for conn in entry.conns.values() {
+            flush(key, r);
+            for conn in r.conns.values() {
                 conn.offer(Outbound::Tip {
                     room: key.clone(),
                     tip,
@@ -410,11 +412,9 @@ impl Hub {
     /// change never arrives before the messages committed ahead of it.
     pub fn broadcast(&self, room: &str, frame: &Utf8Bytes, except: Option<ConnId>) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
-            if !entry.held.is_empty() {
-                let key = entry.key().clone();
-                flush(&key, &mut entry, Instant::now());
-            }
-            for conn in entry.conns.values() {
+            let (key, r) = entry.pair_mut();
+            flush(key, r);
+            for conn in r.conns.values() {
                 if Some(conn.id) != except {
                     conn.offer(Outbound::Frame(frame.clone()));
                 }
@@ -440,11 +440,11 @@ fn hold(r: &mut Room, frames: &MsgBatch) {
 }
 
 /// Fan out the frames a room's window holds, if any.
-fn flush(key: &Arc<str>, room: &mut Room, now: Instant) -> usize {
+fn flush(key: &Arc<str>, room: &mut Room) -> usize {
     if room.held.is_empty() {
         return 0;
     }
-    room.last_fanout = Some(now);
+    room.last_fanout = Some(Instant::now());
     room.held_bytes = 0;
     let frames: MsgBatch = std::mem::take(&mut room.held).into();
     fan_out(key, &room.conns, frames)

@@ -480,14 +480,9 @@ async fn small_rooms(
     }
     // Each message reaches the members of its room.
     let want = sent * members as u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = stats.received.load(std::sync::atomic::Ordering::Relaxed) - before.received;
-        if got >= want || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stats
+        .wait_received(before.received, want, Duration::from_secs(10))
+        .await;
     let cpu = servers.iter().map(|s| load::cpu_secs(s.pid)).sum::<f64>() - cpu0;
     let (after, lag) = stats.take();
     let _ = stop_tx.send(true);
@@ -630,14 +625,9 @@ async fn fanout(
         k += count;
         // Drain: until everything arrived, or 5 s of silence-equivalent.
         let want = count * members as u64;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let got = stats.received.load(std::sync::atomic::Ordering::Relaxed) - before.received;
-            if got >= want || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        stats
+            .wait_received(before.received, want, Duration::from_secs(5))
+            .await;
         let cpu = load::cpu_secs(server.pid) - cpu0;
         let (after, lag) = stats.take();
         let got = after.received - before.received;

@@ -222,6 +222,17 @@ pub struct Snapshot {
 }
 
 impl Stats {
+    /// Wait until `want` messages arrived since the count was `since`, or
+    /// `within` passed (what is missing then is lost).
+    pub async fn wait_received(&self, since: u64, want: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.received.load(Ordering::Relaxed) - since < want
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Counters so far and the lag histogram since the last call (reset).
     pub fn take(&self) -> (Snapshot, Histogram<u64>) {
         let mut h = new_histogram();
