@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
+use crate::json::check_app_json;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -324,8 +325,27 @@ impl ClientFrame {
                 format!("op '{op}' needs field '{field}'")
             },
             id,
-            op: (!op.is_empty()).then(|| op.clone()),
+            // The frame is an object whose `op` is a string or absent: the
+            // error names it, `""` when absent (PROTOCOL.md 6.13).
+            op: Some(op.clone()),
         };
+        // Application JSON is checked here, once, for every op that carries it
+        // (see `json`): a frame breaking a rule is refused as a whole.
+        let app = |field: &str, raw: Option<&RawValue>| -> Result<(), DecodeError> {
+            match raw.map(|r| check_app_json(r.get())) {
+                Some(Err(rule)) => Err(DecodeError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("{field}: {rule}"),
+                    id,
+                    op: (!op.is_empty()).then(|| op.clone()),
+                }),
+                _ => Ok(()),
+            }
+        };
+        if matches!(op.as_str(), "hello" | "send") {
+            app("meta", flat.meta.as_deref())?;
+            app("body", flat.body.as_deref())?;
+        }
         let frame = match op.as_str() {
             "hello" => ClientFrame::Hello {
                 v: flat.v.unwrap_or(PROTOCOL_VERSION),
