@@ -265,6 +265,69 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// Time for a request's headers to arrive, counted from the accept or from
+    /// the end of the previous response on the connection (so it is also the
+    /// keep-alive idle timeout), milliseconds.
+    #[arg(long, env = "CHORUS_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// Time for a request body (HTTP API) to arrive in full, milliseconds.
+    #[arg(long, env = "CHORUS_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_body_timeout_ms: u64,
+
+    /// Largest request head (request line and headers), bytes (at least 8192).
+    #[arg(long, env = "CHORUS_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: u64,
+
+    /// Connections that have not yet sent a complete HTTP request or (WebSocket)
+    /// an authenticated `hello`, overall; at the bound the oldest is closed. Never
+    /// more than a quarter of the process's open file limit.
+    #[arg(long, env = "CHORUS_MAX_PENDING_CONNECTIONS", default_value_t = 4_096)]
+    pub max_pending_connections: u64,
+
+    /// Pending connections (see --max-pending-connections) from one source address.
+    #[arg(long, env = "CHORUS_MAX_PENDING_PER_IP", default_value_t = 64)]
+    pub max_pending_per_ip: u64,
+
+    /// New connections accepted per second from one source address (0: no limit).
+    #[arg(long, env = "CHORUS_ACCEPTS_PER_IP_PER_SEC", default_value_t = 50)]
+    pub accepts_per_ip_per_sec: u64,
+
+    /// Burst of new connections from one source address.
+    #[arg(long, env = "CHORUS_ACCEPT_BURST_PER_IP", default_value_t = 200)]
+    pub accept_burst_per_ip: u64,
+
+    /// Source networks exempt from the per-IP limits (comma separated CIDRs or
+    /// addresses; `none` for no exemption). The default exempts the local host,
+    /// where a load balancer or reverse proxy forwarding every client would sit.
+    #[arg(
+        long,
+        env = "CHORUS_PER_IP_EXEMPT",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1"
+    )]
+    pub per_ip_exempt: Vec<String>,
+
+    /// Largest presence `meta` a connection may give in `hello`, bytes of JSON
+    /// text; a larger one is refused with close 4504.
+    #[arg(long, env = "CHORUS_MAX_PRESENCE_META_BYTES", default_value_t = 1_024)]
+    pub max_presence_meta_bytes: u64,
+
+    /// Largest presence list in one reply, bytes of JSON: a `joined` whose list
+    /// would be larger carries the count only (as for a hot room); a `presence`
+    /// reply is cut to the users that fit and marked `truncated`.
+    #[arg(
+        long,
+        env = "CHORUS_MAX_PRESENCE_REPLY_BYTES",
+        default_value_t = 262_144
+    )]
+    pub max_presence_reply_bytes: u64,
+
+    /// Hidden, for the test suite: a room whose join (WebSocket) and history
+    /// read (HTTP) panic on purpose, to prove that panics are contained.
+    #[arg(long, env = "CHORUS_TEST_PANIC_ROOM", hide = true)]
+    pub test_panic_room: Option<String>,
 }
 
 impl Config {
@@ -284,6 +347,11 @@ impl Config {
             || (self.jwt_secret.is_none()
                 && self.jwt_public_key.is_none()
                 && self.listen.ip().is_loopback())
+    }
+
+    /// Whether a JWT verification key is configured.
+    pub fn jwt_configured(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
     }
 
     /// Whether this node runs in cluster mode (Redis + PostgreSQL).
@@ -314,6 +382,13 @@ impl Config {
                 self.listen
             ));
         }
+        if self.dev_insecure_auth && !self.listen.ip().is_loopback() {
+            errs.push(format!(
+                "--dev-insecure-auth lets anyone connect as any user; it is refused on {}, \
+                 which is not a loopback address",
+                self.listen
+            ));
+        }
         if self.heartbeat_ms == 0 || self.idle_timeout_ms <= self.heartbeat_ms {
             errs.push("--idle-timeout-ms must be greater than --heartbeat-ms > 0".into());
         }
@@ -340,6 +415,13 @@ impl Config {
                 "--outbound-queue, --outbound-bytes, --batch-max and --writer-queue must be positive"
                     .into(),
             );
+        }
+        for net in &self.per_ip_exempt {
+            if net != "none" && parse_net(net).is_none() {
+                errs.push(format!(
+                    "--per-ip-exempt: {net:?} is not an address or CIDR network"
+                ));
+            }
         }
         if !["text", "json"].contains(&self.log_format.as_str()) {
             errs.push(format!(
@@ -381,6 +463,14 @@ impl Config {
         Duration::from_millis(self.send_timeout_ms)
     }
 
+    /// The networks exempt from the per-IP connection limits.
+    pub fn per_ip_exempt_nets(&self) -> Vec<ipnet::IpNet> {
+        self.per_ip_exempt
+            .iter()
+            .filter_map(|n| parse_net(n))
+            .collect()
+    }
+
     /// The limits announced in `welcome`.
     pub fn limits(&self) -> chorus_protocol::Limits {
         chorus_protocol::Limits {
@@ -393,6 +483,14 @@ impl Config {
             max_replay: self.max_replay,
         }
     }
+}
+
+/// A CIDR network, or one address as a network of one.
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +17,17 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use chorus_history::{Position, ReadRange, StoredMessage};
 use chorus_protocol::{
-    ClientFrame, CloseCode, ErrorCode, Json, Message, PROTOCOL_VERSION, Resume, RoomState,
-    ServerFrame, valid_room,
+    ClientFrame, CloseCode, ErrorCode, Json, Message, PROTOCOL_VERSION, PresenceUser, Resume,
+    RoomState, ServerFrame, valid_room,
 };
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, warn};
 
 use crate::auth::{AuthError, Identity, LEEWAY_SECS, now_ms};
 use crate::hub::{ConnHandle, Kill, Outbound, Queue};
+use crate::listener::Slot;
 use crate::node::Node;
 use crate::presence::PresenceEntry;
 use crate::ratelimit::TokenBucket;
@@ -84,13 +86,34 @@ struct Joined {
     typing_shown: bool,
 }
 
-/// Entry point from the HTTP upgrade.
-pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
+/// Entry point from the HTTP upgrade. `slot` is this connection's place among
+/// the pending ones (see `listener`): released once `hello` authenticated,
+/// closed with `handshake_timeout` if the listener evicts it before that.
+///
+/// A panic anywhere in the connection's work is caught here: counted, logged
+/// once (by the panic hook), answered with close 4003 `internal_error`; the
+/// node and every other connection carry on.
+pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Option<Slot>) {
     let mut ws = ws;
-    let hello = match Box::pin(handshake(&node, &mut ws)).await {
-        Ok(h) => h,
-        Err(code) => {
+    let evicted = async {
+        match &slot {
+            Some(s) => s.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let shaken = tokio::select! {
+        r = AssertUnwindSafe(Box::pin(handshake(&node, &mut ws))).catch_unwind() => r,
+        _ = evicted => Ok(Err(CloseCode::HandshakeTimeout)),
+    };
+    let hello = match shaken {
+        Ok(Ok(h)) => h,
+        Ok(Err(code)) => {
             Box::pin(close(&mut ws, code, None)).await;
+            return;
+        }
+        Err(panic) => {
+            crate::metrics::panicked("connection", panic.as_ref());
+            Box::pin(close(&mut ws, CloseCode::InternalError, None)).await;
             return;
         }
     };
@@ -119,6 +142,17 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         .await;
         return;
     }
+    if let Some(m) = &meta
+        && m.get().len() as u64 > node.cfg.max_presence_meta_bytes
+    {
+        let detail = format!(
+            "hello.meta is {} bytes, over --max-presence-meta-bytes {}",
+            m.get().len(),
+            node.cfg.max_presence_meta_bytes
+        );
+        Box::pin(close(&mut ws, CloseCode::MessageTooBig, Some(&detail))).await;
+        return;
+    }
     let token = creds.token.or(token);
     let ident = match node
         .auth
@@ -143,6 +177,11 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         Box::pin(close(&mut ws, code, None)).await;
         return;
     }
+    // Authenticated: no longer pending.
+    if let Some(slot) = &slot {
+        slot.release();
+    }
+    drop(slot);
     let queue = Queue::new(node.cfg.outbound_queue);
     let handle = ConnHandle {
         id: node.next_conn_id(),
@@ -166,14 +205,34 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
         last_seen: Instant::now(),
         pending: FuturesUnordered::new(),
     };
-    let end = conn.run(device, meta, resume).await;
-    Box::pin(conn.finish(end)).await;
+    let end = match AssertUnwindSafe(conn.run(device, meta, resume))
+        .catch_unwind()
+        .await
+    {
+        Ok(end) => end,
+        Err(panic) => {
+            crate::metrics::panicked("connection", panic.as_ref());
+            End::Close(CloseCode::InternalError)
+        }
+    };
+    // The connection's state is cleaned up even after a panic (rooms, presence,
+    // session); a second panic there still leaves the node running.
+    if let Err(panic) = AssertUnwindSafe(Box::pin(conn.finish(end)))
+        .catch_unwind()
+        .await
+    {
+        crate::metrics::panicked("connection", panic.as_ref());
+    }
     node.release(&user_key);
 }
+
+/// Most control frames (ping, pong) accepted before `hello`.
+const MAX_FRAMES_BEFORE_HELLO: u32 = 8;
 
 /// Wait for the first data frame, which must decode as `hello`.
 async fn handshake(node: &Node, ws: &mut WebSocket) -> Result<ClientFrame, CloseCode> {
     let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout();
+    let mut control = 0;
     loop {
         let msg = match tokio::time::timeout_at(deadline, ws.recv()).await {
             Err(_) => return Err(CloseCode::HandshakeTimeout),
@@ -190,7 +249,12 @@ async fn handshake(node: &Node, ws: &mut WebSocket) -> Result<ClientFrame, Close
             }
             WsMessage::Binary(_) => return Err(CloseCode::ProtocolViolation),
             WsMessage::Close(_) => return Err(CloseCode::ProtocolViolation),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {
+                control += 1;
+                if control > MAX_FRAMES_BEFORE_HELLO {
+                    return Err(CloseCode::Flood);
+                }
+            }
         }
     }
 }
@@ -561,6 +625,9 @@ impl Conn {
         since: Option<u64>,
     ) -> Result<(), Fail> {
         let key = self.check_room(&room)?;
+        if self.node.cfg.test_panic_room.as_deref() == Some(room.as_str()) {
+            panic!("--test-panic-room: join of {room}");
+        }
         let already = self.rooms.contains_key(key.as_str());
         if !already && self.rooms.len() as u64 >= self.node.cfg.max_rooms {
             return Err(Fail::new(
@@ -642,10 +709,16 @@ impl Conn {
             Some(n) => n,
             None => node.presence.room_count(&key).await.unwrap_or(0),
         };
+        // So is a list over the reply bound (large `meta`s): never a reply so
+        // big that the join fails.
         let presence = if online > node.cfg.presence_hot_users {
             Vec::new()
         } else {
-            node.presence.room(&key).await.unwrap_or_default()
+            let users = node.presence.room(&key).await.unwrap_or_default();
+            match fit_presence(users, node.cfg.max_presence_reply_bytes) {
+                (users, false) => users,
+                (_, true) => Vec::new(),
+            }
         };
         let frame = ServerFrame::Joined {
             id,
@@ -951,9 +1024,15 @@ impl Conn {
             .room(&key)
             .await
             .map_err(|e| Fail::new(ErrorCode::Unavailable, e.to_string()))?;
-        self.write(&ServerFrame::Presence { id, room, users })
-            .await
-            .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+        let (users, truncated) = fit_presence(users, self.node.cfg.max_presence_reply_bytes);
+        self.write(&ServerFrame::Presence {
+            id,
+            room,
+            users,
+            truncated,
+        })
+        .await
+        .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
     }
 
     /// Write queued frames: this one and whatever else is queued, one flush.
@@ -1153,20 +1232,62 @@ fn send_fail(e: SendError) -> Fail {
     }
 }
 
+/// The first users of a presence list whose JSON fits in `max_bytes`, and
+/// whether any were left out.
+fn fit_presence(users: Vec<PresenceUser>, max_bytes: u64) -> (Vec<PresenceUser>, bool) {
+    let mut used: u64 = 2;
+    let mut out = Vec::with_capacity(users.len());
+    for u in users {
+        let size = serde_json::to_string(&u)
+            .map(|t| t.len() as u64 + 1)
+            .unwrap_or(u64::MAX);
+        used = used.saturating_add(size);
+        if used > max_bytes {
+            return (out, true);
+        }
+        out.push(u);
+    }
+    (out, false)
+}
+
 /// A stored message as a protocol message named by its public room.
+///
+/// Rows are checked against the application-JSON rules on the way out too: a
+/// row written before the rules existed, or edited by hand, must not make the
+/// room's history unreadable. Such a body is served as `null` (a meta is
+/// dropped), counted in `chorus_history_invalid_rows_total` and logged; the
+/// message keeps its place so that sequence numbers stay gap-free.
 pub fn to_message(room: &str, m: StoredMessage) -> Message {
+    let body = match app_json(room, m.seq, "body", m.body) {
+        Some(body) => body,
+        None => Json::from_value(&serde_json::Value::Null),
+    };
+    let meta = m.meta.and_then(|t| app_json(room, m.seq, "meta", t));
     Message {
         room: room.to_owned(),
         seq: m.seq,
         id: m.id,
         sender: m.sender,
         cid: Some(m.cid),
-        // Stored bodies were valid JSON when written; keep the connection alive
-        // even if a row was edited by hand.
-        body: Json::from_text(m.body)
-            .unwrap_or_else(|_| Json::from_value(&serde_json::Value::Null)),
-        meta: m.meta.and_then(|t| Json::from_text(t).ok()),
+        body,
+        meta,
         ts: m.ts,
+    }
+}
+
+/// Stored application JSON if it still passes the rules; `None` (logged and
+/// counted) if not.
+fn app_json(room: &str, seq: u64, field: &'static str, text: String) -> Option<Json> {
+    let checked = chorus_protocol::check_app_json(&text)
+        .map_err(|rule| rule.to_string())
+        .and_then(|()| Json::from_text(text).map_err(|e| e.to_string()));
+    match checked {
+        Ok(json) => Some(json),
+        Err(why) => {
+            metrics::counter!("chorus_history_invalid_rows_total").increment(1);
+            tracing::error!(room, seq, field, %why, "stored message breaks the JSON rules; served without it");
+            None
+        }
     }
 }
 

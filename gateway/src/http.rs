@@ -6,20 +6,26 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json as AxumJson, Router};
+use axum::{Extension, Json as AxumJson, Router};
 use chorus_history::StoreError;
+use chorus_protocol::check_app_json;
 use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_room};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::value::RawValue;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::warn;
 
 use crate::auth::{namespaced, valid_tenant, valid_user};
 use crate::connection::{UpgradeAuth, read_page, serve, to_message};
+use crate::listener::Slot;
 use crate::node::Node;
 use crate::sequencer::{SendError, SendRequest};
 
@@ -27,6 +33,7 @@ const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// The whole HTTP surface.
 pub fn router(node: Arc<Node>) -> Router {
+    let body_timeout = Duration::from_millis(node.cfg.http_body_timeout_ms.max(1));
     Router::new()
         .route("/", get(index))
         .route("/ws", get(ws_upgrade))
@@ -43,7 +50,21 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(CatchPanicLayer::custom(handler_panicked))
         .with_state(node)
+}
+
+/// A panic in a handler: counted, logged once, answered with a 500 in the
+/// API's error shape; the connection and every other request carry on.
+fn handler_panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    crate::metrics::panicked("http", panic.as_ref());
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
 }
 
 /// Unknown paths get the API's error shape too.
@@ -143,6 +164,7 @@ async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
+    slot: Option<Extension<Slot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.is_draining() {
@@ -153,16 +175,8 @@ async fn ws_upgrade(
         )
         .into_response();
     }
-    if !node.cfg.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-        && !node.cfg.allowed_origins.iter().any(|a| a == origin)
-    {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "origin not allowed",
-        )
-        .into_response();
+    if let Err(why) = check_origin(&node, &headers) {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden_origin", why).into_response();
     }
     let creds = UpgradeAuth {
         token: bearer(&headers).or(q.access_token),
@@ -181,7 +195,81 @@ async fn ws_upgrade(
         .max_write_buffer_size(max.max(1 << 20) * 4)
         .max_message_size(max)
         .max_frame_size(max);
-    ws.on_upgrade(move |socket| serve(node, socket, creds))
+    let slot = slot.map(|Extension(s)| s);
+    ws.on_upgrade(move |socket| serve(node, socket, creds, slot))
+}
+
+/// The browser origin check of a WebSocket upgrade (cross-site WebSocket
+/// hijacking). Requests without `Origin` come from non-browser clients and
+/// pass. With `--allowed-origin` the origin must be one of those; otherwise,
+/// in dev mode (where `?user=` is a login anyone can use), only the node's
+/// own origin passes: `http://` plus the request's `Host`, when that names
+/// the local host (so a rebinding DNS name is refused too). Origins compare
+/// as scheme, host and port, case-insensitive, a default port (`:80`,
+/// `:443`) equal to none. An `Origin` that is not ASCII, or more than one,
+/// is refused whenever a check applies.
+fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut all = headers.get_all(header::ORIGIN).iter();
+    let Some(origin) = all.next() else {
+        return Ok(());
+    };
+    let dev_only = node.cfg.allowed_origins.is_empty();
+    if dev_only && !node.auth.dev() {
+        return Ok(());
+    }
+    if all.next().is_some() {
+        return Err("more than one Origin header");
+    }
+    let origin = origin.to_str().map_err(|_| "Origin header is not ASCII")?;
+    let origin = normalize_origin(origin);
+    let allowed = if dev_only {
+        own_origin(headers).is_some_and(|own| own == origin)
+    } else {
+        node.cfg
+            .allowed_origins
+            .iter()
+            .any(|a| normalize_origin(a) == origin)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err("origin not allowed")
+    }
+}
+
+/// `http://HOST` of a request whose `Host` is the local host, normalised.
+fn own_origin(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let local = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    local.then(|| normalize_origin(&format!("http://{host}")))
+}
+
+/// An origin as `scheme://host[:port]`, lower case, without a default port.
+/// Text that is not of that form (`null`) is only lower-cased.
+pub fn normalize_origin(origin: &str) -> String {
+    let o = origin.trim().to_ascii_lowercase();
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return o;
+    };
+    let rest = rest.trim_end_matches('/');
+    let default = match scheme {
+        "http" | "ws" => ":80",
+        "https" | "wss" => ":443",
+        _ => "",
+    };
+    let rest = match rest.strip_suffix(default) {
+        Some(host) if !default.is_empty() && !host.is_empty() => host,
+        _ => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// Bytes read from a socket at a time. tungstenite keeps (and zeroes on every
@@ -228,7 +316,9 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
             .map(str::to_owned)
     });
     if node.cfg.api_keys.is_empty() {
-        if node.auth.dev() {
+        // Open only in pure dev mode: with a JWT key configured the API needs
+        // a key even where dev identities are also accepted.
+        if node.auth.dev() && !node.cfg.jwt_configured() {
             return Ok(());
         }
         return Err(ApiError::new(
@@ -393,7 +483,7 @@ async fn get_messages(
     Path(room): Path<String>,
     q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-) -> Result<AxumJson<serde_json::Value>, ApiError> {
+) -> Result<AxumJson<MessagePage>, ApiError> {
     authorize(&node, &headers)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let key = room_key(
@@ -402,6 +492,9 @@ async fn get_messages(
             tenant: q.tenant.clone(),
         },
     )?;
+    if node.cfg.test_panic_room.as_deref() == Some(room.as_str()) {
+        panic!("--test-panic-room: history of {room}");
+    }
     let (messages, has_more) = read_page(
         &*node.store,
         &key,
@@ -412,17 +505,41 @@ async fn get_messages(
     )
     .await?;
     let messages: Vec<Message> = messages.into_iter().map(|m| to_message(&room, m)).collect();
-    Ok(AxumJson(
-        json!({"room": room, "messages": messages, "has_more": has_more}),
-    ))
+    // A struct, not `json!`: bodies are raw JSON text and are written out as
+    // stored, never re-parsed into a `Value` (which could fail).
+    Ok(AxumJson(MessagePage {
+        room,
+        messages,
+        has_more,
+    }))
+}
+
+/// The reply of `GET /v1/rooms/{room}/messages`.
+#[derive(Serialize)]
+struct MessagePage {
+    room: String,
+    messages: Vec<Message>,
+    has_more: bool,
 }
 
 #[derive(Deserialize)]
 struct PublishBody {
     sender: String,
     cid: Option<String>,
-    body: Json,
-    meta: Option<Json>,
+    /// Raw text, checked by the application-JSON rules as a WebSocket `send` is.
+    body: Box<RawValue>,
+    meta: Option<Box<RawValue>>,
+}
+
+/// Check raw application JSON by the rules of `chorus_protocol::json`, with
+/// the WebSocket's error text (`"{field}: {rule}"`), and re-encode it
+/// compactly with object keys sorted (PROTOCOL.md 14.5).
+fn app_json(field: &str, raw: &RawValue) -> Result<Json, ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("{field}: {why}"));
+    check_app_json(raw.get()).map_err(|rule| bad(rule.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+    Ok(Json::from_value(&value))
 }
 
 async fn post_message(
@@ -441,11 +558,16 @@ async fn post_message(
     if p.body.get() == "null" {
         return Err(ApiError::bad_request("body must not be null"));
     }
+    let meta = match &p.meta {
+        Some(m) if m.get() != "null" => Some(app_json("meta", m)?),
+        _ => None,
+    };
+    let body = app_json("body", &p.body)?;
     let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     if cid.is_empty() || cid.len() > 128 {
         return Err(ApiError::bad_request("cid must be 1-128 characters"));
     }
-    let size = p.body.get().len() + p.meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
+    let size = body.get().len() + meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
     if size as u64 > node.cfg.max_message_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -476,8 +598,8 @@ async fn post_message(
         room: key,
         sender: p.sender,
         cid,
-        body: p.body,
-        meta: p.meta,
+        body,
+        meta,
     };
     match node.router.send(req, node.cfg.send_timeout()).await {
         Ok(a) => Ok(AxumJson(

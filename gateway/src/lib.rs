@@ -14,6 +14,8 @@
 //! - `broker/`: the fan-out seam (memory; Redis pub/sub with gap recovery).
 //! - `presence/`: the presence seam (memory; Redis with expiry).
 //! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
+//! - `listener`: the accept loop: pending-connection bounds, per-IP limits,
+//!   HTTP/1 timeouts, lingering close.
 //! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod ownership;

@@ -1,10 +1,9 @@
 //! The `chorus` binary: configuration, logging, serving, and the drain on
 //! SIGTERM/SIGINT.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use chorus_gateway::{Config, Node, http};
+use chorus_gateway::{Config, Node, http, listener};
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -44,12 +43,20 @@ fn init_tracing(cfg: &Config) {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     chorus_gateway::metrics::install();
-    if cfg.dev_auth() {
+    chorus_gateway::metrics::install_panic_hook();
+    if cfg.dev_auth() && cfg.jwt_configured() {
+        warn!(
+            "DEV MODE AND JWT TOGETHER: tokens are verified, but ?user=NAME is ALSO accepted \
+             without one (--dev-insecure-auth). Only for tests on this machine; the HTTP API \
+             still requires --api-key."
+        );
+    } else if cfg.dev_auth() {
         warn!(
             "DEV MODE: INSECURE AUTHENTICATION. Anyone can connect as any user with ?user=NAME. \
              Set --jwt-secret or --jwt-public-key for real use."
         );
     }
+    listener::raise_file_limit();
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let node = Node::start(cfg).await?;
@@ -58,14 +65,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     println!(
         "chorus listening on http://{addr}/ (open it in a browser; WebSocket at ws://{addr}/ws)"
     );
-    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(node.clone());
+    // The listener keeps accepting during the drain (new clients are told to
+    // go elsewhere), then stops and lets in-flight HTTP requests finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_node = node.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            drain_node.drain().await;
-        })
-        .await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        drain_node.drain().await;
+        let _ = stop_tx.send(true);
+    });
+    let grace = std::time::Duration::from_millis(node.cfg.drain_timeout_ms.min(5_000));
+    listener::serve(listener, app, &node.cfg, stop_rx, grace).await;
     info!("bye");
     Ok(())
 }

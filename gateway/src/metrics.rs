@@ -30,3 +30,28 @@ pub fn render() -> String {
         .map(|h| h.render())
         .unwrap_or_default()
 }
+
+/// A panic caught at a task boundary (`site`: `connection`, `http`): counted in
+/// `chorus_panics_total`. The panic hook (`install_panic_hook`) has logged it
+/// already, with its location, so this does not log it again.
+pub fn panicked(site: &'static str, _payload: &(dyn std::any::Any + Send)) {
+    metrics::counter!("chorus_panics_total", "site" => site).increment(1);
+}
+
+/// Log every panic once, as one structured error line with its location,
+/// instead of the default hook's unstructured stderr text.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%message, %location, "panic");
+    }));
+}

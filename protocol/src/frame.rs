@@ -588,6 +588,10 @@ pub enum ServerFrame {
         id: Option<u64>,
         room: String,
         users: Vec<PresenceUser>,
+        /// `true` when the list was cut at the server's presence reply bound
+        /// (`users` then holds the first users that fit); absent otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// Users who came online in / went offline from a room.
     PresenceDiff {

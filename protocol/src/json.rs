@@ -196,9 +196,16 @@ mod tests {
         assert_eq!(check_app_json(r#""\ud83d\ude00""#), Ok(()));
         assert_eq!(check_app_json(r#""\ud800""#), Err(JsonRule::Surrogate));
         assert_eq!(check_app_json(r#""\udc00x""#), Err(JsonRule::Surrogate));
-        assert_eq!(check_app_json(r#""\ud800\u0041""#), Err(JsonRule::Surrogate));
+        assert_eq!(
+            check_app_json(r#""\ud800\u0041""#),
+            Err(JsonRule::Surrogate)
+        );
         assert_eq!(check_app_json(r#""\ud800a""#), Err(JsonRule::Surrogate));
-        assert_eq!(check_app_json(r#""\\ud800""#), Ok(()), "an escaped backslash");
+        assert_eq!(
+            check_app_json(r#""\\ud800""#),
+            Ok(()),
+            "an escaped backslash"
+        );
     }
 
     #[test]

@@ -1397,7 +1397,7 @@ async fn presence_snapshots_and_diffs_on_join_leave_and_disconnect() {
         .await
         .unwrap();
     assert!(
-        matches!(&reply, chorus_protocol::ServerFrame::Presence { id: Some(_), room, users } if room == "r" && users.len() == 2),
+        matches!(&reply, chorus_protocol::ServerFrame::Presence { id: Some(_), room, users, .. } if room == "r" && users.len() == 2),
         "{reply:?}"
     );
     laptop.leave("r", true).await.unwrap();
