@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, env = "CHORUS_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
 
-    /// HS256 secret for client JWTs.
+    /// HS256 secret for client JWTs. A flag's value shows in the process list:
+    /// prefer --jwt-secret-file or the environment variable.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -82,6 +83,7 @@ pub struct Config {
 
     /// Secret that signs resume tokens; nodes of one cluster must share it.
     /// Random per process when absent (resume then works only on this process).
+    /// Prefer --resume-secret-file or the environment variable to the flag.
     #[arg(long, env = "CHORUS_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 
@@ -324,6 +326,38 @@ pub struct Config {
     )]
     pub max_presence_reply_bytes: u64,
 
+    /// File holding the HS256 JWT secret (surrounding whitespace trimmed);
+    /// keeps it out of the process list. Replaces --jwt-secret.
+    #[arg(long, env = "CHORUS_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// File holding the resume-token secret (trimmed). Replaces --resume-secret.
+    #[arg(long, env = "CHORUS_RESUME_SECRET_FILE")]
+    pub resume_secret_file: Option<PathBuf>,
+
+    /// File holding HTTP API keys, one per line (blank lines and `#` comments
+    /// skipped). Added to --api-key.
+    #[arg(long, env = "CHORUS_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// File holding the Redis URL (it may carry a password). Replaces --redis-url.
+    #[arg(long, env = "CHORUS_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// File holding the PostgreSQL URL (it may carry a password). Replaces
+    /// --database-url.
+    #[arg(long, env = "CHORUS_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// Durable room memberships one user may hold (over all connections and
+    /// devices); a join that would create one more is refused with `too_many_rooms`.
+    #[arg(long, env = "CHORUS_MAX_MEMBERSHIPS_PER_USER", default_value_t = 1_000)]
+    pub max_memberships_per_user: u64,
+
+    /// Require the API key (as for `/v1`) on `/metrics`.
+    #[arg(long, env = "CHORUS_METRICS_REQUIRE_API_KEY")]
+    pub metrics_require_api_key: bool,
+
     /// Hidden, for the test suite: a room whose join (WebSocket) and history
     /// read (HTTP) panic on purpose, to prove that panics are contained.
     #[arg(long, env = "CHORUS_TEST_PANIC_ROOM", hide = true)]
@@ -337,7 +371,42 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Config::try_parse_from(args)
+        let mut cfg = Config::try_parse_from(args)?;
+        cfg.read_secret_files().map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })?;
+        Ok(cfg)
+    }
+
+    /// Read the `--*-file` secrets into their settings.
+    fn read_secret_files(&mut self) -> Result<(), String> {
+        fn read(flag: &str, path: &std::path::Path) -> Result<String, String> {
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("{flag} {}: {e}", path.display()))
+        }
+        if let Some(p) = &self.jwt_secret_file {
+            self.jwt_secret = Some(read("--jwt-secret-file", p)?);
+        }
+        if let Some(p) = &self.resume_secret_file {
+            self.resume_secret = Some(read("--resume-secret-file", p)?);
+        }
+        if let Some(p) = &self.redis_url_file {
+            self.redis_url = Some(read("--redis-url-file", p)?);
+        }
+        if let Some(p) = &self.database_url_file {
+            self.database_url = Some(read("--database-url-file", p)?);
+        }
+        if let Some(p) = &self.api_keys_file {
+            let text = read("--api-keys-file", p)?;
+            self.api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(())
     }
 
     /// Whether dev authentication is in force: asked for, or implied by having no

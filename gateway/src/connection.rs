@@ -226,6 +226,11 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Opt
     node.release(&user_key);
 }
 
+/// How long a draining connection reads requests already on their way, at
+/// most, and how long a quiet socket ends that early.
+const DRAIN_READ: Duration = Duration::from_secs(1);
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
 /// Most control frames (ping, pong) accepted before `hello`.
 const MAX_FRAMES_BEFORE_HELLO: u32 = 8;
 
@@ -449,8 +454,11 @@ impl Conn {
             heartbeat_ms: node.cfg.heartbeat_ms,
             idle_timeout_ms: node.cfg.idle_timeout_ms,
             limits: node.cfg.limits(),
+            // Only rooms the current token allows: a membership from an earlier
+            // token with wider `rooms` stays stored but is not shown.
             rooms: memberships
                 .iter()
+                .filter(|m| self.ident.allows(crate::auth::public_name(&m.room)))
                 .map(|m| RoomState {
                     room: crate::auth::public_name(&m.room).to_owned(),
                     tip: m.tip,
@@ -636,6 +644,9 @@ impl Conn {
             ));
         }
         let node = self.node.clone();
+        if !already {
+            check_membership_cap(&node, &key, &self.user_key).await?;
+        }
         let membership = node
             .store
             .join(&key, &self.user_key, now_ms())
@@ -816,12 +827,10 @@ impl Conn {
         room: String,
         keep_membership: bool,
     ) -> Result<(), Fail> {
-        // No ACL check: ending a membership is always allowed, also in a room
-        // the current token no longer allows (its only error is invalid_room).
-        if !valid_room(&room) {
-            return Err(invalid_room());
-        }
-        let key = self.ident.room_key(&room);
+        // The ACL applies as for `join` (PROTOCOL.md 2.2): a room the token
+        // does not allow is `forbidden`, also for leaving. Such a membership is
+        // no longer listed in `welcome` either.
+        let key = self.check_room(&room)?;
         if let Some((k, _)) = self.rooms.get_key_value(key.as_str()) {
             let k = k.clone();
             self.drop_room(&k).await;
@@ -911,6 +920,7 @@ impl Conn {
     ) -> Step {
         match result {
             Ok(a) => {
+                self.deliver_upto(&room, a.seq).await?;
                 self.write(&ServerFrame::Ack {
                     id,
                     room,
@@ -935,6 +945,38 @@ impl Conn {
                     room: Some(room),
                 })
                 .await
+            }
+        }
+    }
+
+    /// Before the ack of `seq`, the sender's own `msg` (PROTOCOL.md 7.1: msg,
+    /// then ack), if this connection is joined to the room: what is queued is
+    /// written first, and if the message has not arrived yet (it comes from
+    /// another node, or the fan-out window holds it) it is read from history.
+    /// The live copy is then dropped as a duplicate.
+    async fn deliver_upto(&mut self, room: &str, seq: u64) -> Step {
+        let key = self.ident.room_key(room);
+        let behind = |c: &Self| c.rooms.get(key.as_str()).is_some_and(|j| j.last_seq < seq);
+        if !behind(self) {
+            return Ok(());
+        }
+        while let Some(o) = self.rx.0.try_pop() {
+            self.feed_outbound(o).await?;
+        }
+        if !behind(self) {
+            return Ok(());
+        }
+        let Some((key, _)) = self.rooms.get_key_value(key.as_str()) else {
+            return Ok(());
+        };
+        let key = key.clone();
+        match self.replay(&key, seq).await {
+            Ok(_) => Ok(()),
+            Err(ReplayError::Socket) => Err(End::Gone),
+            // The ack still goes out; the gap is filled by the tip check.
+            Err(ReplayError::Store(e)) => {
+                debug!(error = %e, "reading the sender's own message before its ack");
+                Ok(())
             }
         }
     }
@@ -1116,7 +1158,37 @@ impl Conn {
     /// Shutdown: stop reading, let sends in flight finish (ack them), then ask
     /// the client to reconnect elsewhere and close with 4000.
     async fn drain(&mut self) -> End {
-        let deadline = tokio::time::Instant::now() + self.node.cfg.send_timeout();
+        // Each pending send ends within the send timeout with an ack or a
+        // (retryable) error of its own; the slack lets the last one be written.
+        let deadline =
+            tokio::time::Instant::now() + self.node.cfg.send_timeout() + Duration::from_secs(1);
+        // Requests the client already wrote are read and answered: every
+        // `send` with a retryable error (it resends after reconnecting, with
+        // the same cid), so none is met with silence.
+        let reading = (tokio::time::Instant::now() + DRAIN_READ).min(deadline);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(
+            reading.min(tokio::time::Instant::now() + DRAIN_QUIET),
+            self.ws.recv(),
+        )
+        .await
+        {
+            let WsMessage::Text(t) = m else { continue };
+            if let Ok(ClientFrame::Send { id, room, cid, .. }) = ClientFrame::decode(t.as_str()) {
+                let refused = ServerFrame::Error {
+                    id,
+                    request: Some("send".into()),
+                    code: ErrorCode::Unavailable,
+                    message: "node is draining: resend after reconnecting".into(),
+                    retryable: true,
+                    retry_after_ms: Some(500),
+                    cid: Some(cid),
+                    room: Some(room),
+                };
+                if self.write(&refused).await.is_err() {
+                    return End::Gone;
+                }
+            }
+        }
         while !self.pending.is_empty() {
             match tokio::time::timeout_at(deadline, self.pending.next()).await {
                 Ok(Some(done)) => {
@@ -1230,6 +1302,31 @@ fn send_fail(e: SendError) -> Fail {
         message: e.to_string(),
         retry_after_ms: Some(100),
     }
+}
+
+/// A join that would create a durable membership beyond
+/// `--max-memberships-per-user` is refused (`too_many_rooms`). Counted only
+/// for a new membership; joins racing on several connections may pass the
+/// bound by their number, no more.
+async fn check_membership_cap(node: &Node, key: &str, user_key: &str) -> Result<(), Fail> {
+    let store = &node.store;
+    let cap = node.cfg.max_memberships_per_user;
+    if store
+        .membership(key, user_key)
+        .await
+        .map_err(store_fail)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let held = store.memberships(user_key).await.map_err(store_fail)?.len() as u64;
+    if held >= cap {
+        return Err(Fail::new(
+            ErrorCode::TooManyRooms,
+            format!("at most {cap} room memberships per user; leave one first"),
+        ));
+    }
+    Ok(())
 }
 
 /// The first users of a presence list whose JSON fits in `max_bytes`, and

@@ -297,7 +297,12 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if node.cfg.metrics_require_api_key
+        && let Err(e) = authorize(&node, &headers)
+    {
+        return e.into_response();
+    }
     metrics::gauge!("chorus_rooms_local").set(node.hub.room_count() as f64);
     metrics::gauge!("chorus_writer_queue_depth").set(node.sequencer.queued() as f64);
     (
@@ -582,9 +587,11 @@ async fn post_message(
             "node is draining",
         ));
     }
-    // A backend publishes for any sender, so only the tenant's limit applies.
-    // Retry-After is in whole seconds (rounded up); the message has the ms.
-    if let Err(r) = node.limits.check(None, q.tenant()?).await {
+    // The sender's limit is the one its WebSocket sends share (the same
+    // bucket, `--user-sends-per-sec`), then the tenant's. Retry-After is in
+    // whole seconds (rounded up); the message has the ms.
+    let sender_key = namespaced(q.tenant()?, &p.sender);
+    if let Err(r) = node.limits.check(Some(&sender_key), q.tenant()?).await {
         metrics::counter!("chorus_rate_limited_total").increment(1);
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

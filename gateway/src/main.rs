@@ -29,8 +29,16 @@ async fn main() -> ExitCode {
 }
 
 fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Secrets travel in frames (`hello.token`, `welcome.resume_token`) and the
+    // WebSocket library logs whole frames at trace level: never below debug
+    // for it, whatever CHORUS_LOG asks. Nothing of ours logs a token.
+    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
