@@ -7,6 +7,8 @@
 //! spawn tasks take an `Arc<dyn HistoryStore>`; they need a Tokio runtime, and
 //! a multi-threaded one exercises them best.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed unwrap is a failed test
+
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

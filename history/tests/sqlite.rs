@@ -1,5 +1,6 @@
 //! The history contract against `SqliteStore`, plus what is specific to the
 //! SQLite file: persistence across reopen and WAL mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -723,6 +723,7 @@ impl ClientHandle {
                     body,
                     meta,
                 };
+                #[allow(clippy::expect_used, reason = "string keys and raw JSON only")]
                 Outbound::Text(serde_json::to_string(&frame).expect("send frames serialise"))
             })
             .await?;
@@ -1923,6 +1924,7 @@ struct SeqTracker {
 }
 
 impl SeqTracker {
+    #[allow(clippy::expect_used, reason = "inserted just above")]
     fn entry(&mut self, room: &str) -> &mut RoomTrack {
         // Look up by &str first: no allocation on the hot path.
         if !self.rooms.contains_key(room) {

@@ -39,8 +39,10 @@ impl Json {
     }
 
     /// Serialise any value.
+    /// A value that cannot be serialised (a map with non-string keys) becomes
+    /// `null`.
     pub fn from_value<T: Serialize>(value: &T) -> Json {
-        Json(serde_json::value::to_raw_value(value).expect("JSON values always serialise"))
+        Json(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
     }
 
     /// The raw JSON text.
@@ -229,6 +231,10 @@ impl ClientFrame {
     }
 
     /// Encode to JSON text.
+    #[allow(
+        clippy::expect_used,
+        reason = "string keys and raw JSON only: cannot fail"
+    )]
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("client frames always serialise")
     }
@@ -634,6 +640,10 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     /// Encode to JSON text.
+    #[allow(
+        clippy::expect_used,
+        reason = "string keys and raw JSON only: cannot fail"
+    )]
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialise")
     }

@@ -1,6 +1,7 @@
 //! Cluster-mode harness: N `chorus` nodes on one Redis and one PostgreSQL
 //! database (each cluster its own key prefix and database), and a round-robin
 //! TCP load balancer in front of them (no sticky sessions).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

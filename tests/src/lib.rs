@@ -12,6 +12,7 @@
 //! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

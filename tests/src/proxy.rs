@@ -19,6 +19,7 @@
 //! One task per connection serves both directions; the fault in force is a
 //! `watch` value, so changing it wakes every waiting connection at once.
 //! Dropping the proxy stops accepting and closes every connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io;
 use std::net::SocketAddr;

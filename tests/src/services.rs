@@ -15,6 +15,7 @@
 //! PostgreSQL refuses to run as root, so when the tests run as root the
 //! server programs run as the `postgres` user and the temporary directory is
 //! handed to it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,4 +1,5 @@
 //! The basic path through the real wire protocol: hello, join, send, ack, msg.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Cluster mode: N `chorus` nodes on real Redis and real PostgreSQL behave as
 //! one gateway. Each test gets its own database and Redis key prefix.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};

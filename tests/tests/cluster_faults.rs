@@ -16,6 +16,7 @@
 //! - PostgreSQL stalled: within the send timeout sends just take longer;
 //!   past it they fail retryably (`timeout`), never with an ack, and the
 //!   same-cid retries after the stall store each message once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! token bucket), and across the connections of one embedded node; the HTTP
 //! publish API answers the tenant limit with 429. When Redis is away the
 //! shared limits fail open.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,7 @@
 //! 7. presence grace after an abrupt disconnect.
 //!
 //! Timeouts are generous: the suite runs on small machines next to other tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,7 @@
 //! history, server-side publish), API-key authentication, the error shape and
 //! statuses, tenants, health/readiness/metrics, the demo page, the upgrade's
 //! origin check, and client JWTs signed with RS256/ES256 public keys.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::Command;

@@ -5,6 +5,7 @@
 //!
 //! Contract cases each get a fresh database on one PostgreSQL shared by this
 //! test binary; tests that kill or pause the server start their own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::sync::Arc;

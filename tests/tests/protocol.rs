@@ -22,6 +22,7 @@
 //! `4003 internal_error`, `4006 unavailable` and `4503 forbidden` (no code path
 //! in the gateway sends 4003 or 4503; 4006 needs the history store to fail while
 //! loading memberships or filling a gap).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

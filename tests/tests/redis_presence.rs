@@ -4,6 +4,7 @@
 //! handing out each expired user exactly once, two nodes sharing presence,
 //! resume on another node, and a Redis that restarts empty being refilled by
 //! `refresh`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

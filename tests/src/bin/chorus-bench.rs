@@ -3,6 +3,7 @@
 //! `cargo run --release -p chorus-tests --bin chorus-bench -- [--nodes N] [--idle N]
 //! [--receivers R] [--senders S] [--messages M] [--window W]` starts its own `chorus` (release build next to this
 //! binary) with a fresh data directory, measures, prints a table and exits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,7 @@
 //!
 //! `tests/CHAOS.md` explains the faults, the invariants and how to read a
 //! failure; the seed in the first line of the output reproduces a run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 use std::time::Duration;

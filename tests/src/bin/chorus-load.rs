@@ -30,6 +30,7 @@
 //!   lag stays under 1 s, for the peak deliveries per CPU-second.
 //!
 //! The server is pinned to CPU 0 and the load generator to CPU 1 (taskset).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
