@@ -433,7 +433,9 @@ impl Conn {
             since: now_ms(),
             meta,
         };
-        self.generation = node.attach_session(entry.clone()).await;
+        self.generation = node
+            .attach_session(entry.clone(), Some(self.handle.kill.clone()))
+            .await;
         self.entry = Some(entry);
         let memberships = match node.store.memberships(&self.user_key).await {
             Ok(m) => m,

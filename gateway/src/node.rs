@@ -42,6 +42,9 @@ struct SessionSlot {
     /// Rooms the newest connection of the session is in (plus, until it
     /// settles, those of the connection it resumed).
     rooms: HashSet<String>,
+    /// The newest connection's kill switch: a resume of the session while it
+    /// is still open takes the session over and closes it (4507).
+    kill: Option<Arc<crate::hub::Kill>>,
 }
 
 /// The cluster-mode parts of a node.
@@ -307,7 +310,11 @@ impl Node {
     /// other); returns its generation. The session's rooms are kept: a resumed
     /// session stays present in them until `settle_session` says which ones the
     /// new connection re-joined.
-    pub async fn attach_session(&self, entry: PresenceEntry) -> u64 {
+    pub async fn attach_session(
+        &self,
+        entry: PresenceEntry,
+        kill: Option<Arc<crate::hub::Kill>>,
+    ) -> u64 {
         let generation = match self.presence.attach(entry.clone()).await {
             Ok(g) => g,
             Err(e) => {
@@ -323,12 +330,18 @@ impl Node {
                 let slot = o.get_mut();
                 slot.generation = generation;
                 slot.entry = entry;
+                // The connection this one resumes may still be open (a socket
+                // its client gave up on): one session, one connection.
+                if let Some(old) = std::mem::replace(&mut slot.kill, kill) {
+                    old.kill(CloseCode::SessionTakenOver);
+                }
             }
             dashmap::Entry::Vacant(v) => {
                 v.insert(SessionSlot {
                     generation,
                     entry,
                     rooms: HashSet::new(),
+                    kill,
                 });
             }
         }

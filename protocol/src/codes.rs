@@ -44,11 +44,15 @@ pub enum CloseCode {
     TooManyConnections = 4505,
     /// The client asked for a protocol version this server does not speak.
     UnsupportedVersion = 4506,
+    /// Another connection resumed this session (its resume token was used while
+    /// this connection was still open): do not resume it again; a client that
+    /// is still alive starts a new session (`hello` without `resume`).
+    SessionTakenOver = 4507,
 }
 
 impl CloseCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [CloseCode; 14] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Shutdown,
         CloseCode::HeartbeatTimeout,
         CloseCode::SlowConsumer,
@@ -63,6 +67,7 @@ impl CloseCode {
         CloseCode::MessageTooBig,
         CloseCode::TooManyConnections,
         CloseCode::UnsupportedVersion,
+        CloseCode::SessionTakenOver,
     ];
 
     /// The numeric code on the wire.
@@ -87,6 +92,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::TooManyConnections => "too_many_connections",
             CloseCode::UnsupportedVersion => "unsupported_version",
+            CloseCode::SessionTakenOver => "session_taken_over",
         }
     }
 

@@ -903,10 +903,12 @@ async fn leave_stops_delivery_and_ends_membership_unless_kept() {
 // send / ack / msg / history
 // ===========================================================================
 
-/// Leave lists only `invalid_room` as its error: a membership in a room the
-/// current token no longer allows can still be ended.
+/// PROTOCOL.md 2.2: a room the token does not allow is `forbidden` for
+/// `join`, `leave` and `history`, and `welcome.rooms` lists only rooms the
+/// current token allows. The membership itself stays stored: a token that
+/// allows the room again shows it again.
 #[tokio::test]
-async fn leave_works_for_a_room_the_token_no_longer_allows() {
+async fn a_room_the_token_no_longer_allows_is_hidden_and_forbidden() {
     let node = GatewayProcess::start(&[]);
     let old = token("alice", 3600, Some(&["team-*"]), None);
     let alice = Client::connect(hello_token_cfg(&node, &old)).await.unwrap();
@@ -914,28 +916,28 @@ async fn leave_works_for_a_room_the_token_no_longer_allows() {
     alice.close().await.unwrap();
     let new = token("alice", 3600, Some(&["lobby"]), None);
     let alice = Client::connect(hello_token_cfg(&node, &new)).await.unwrap();
+    assert!(
+        alice.welcome().rooms.is_empty(),
+        "welcome lists a room the token does not allow: {:?}",
+        alice.welcome().rooms
+    );
+    assert_eq!(
+        server_error(alice.join("team-a", None).await).0,
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        server_error(alice.leave("team-a", false).await).0,
+        ErrorCode::Forbidden
+    );
+    alice.close().await.unwrap();
+    let alice = Client::connect(hello_token_cfg(&node, &old)).await.unwrap();
     let rooms: Vec<&str> = alice
         .welcome()
         .rooms
         .iter()
         .map(|r| r.room.as_str())
         .collect();
-    assert_eq!(rooms, ["team-a"]);
-    assert_eq!(
-        server_error(alice.join("team-a", None).await).0,
-        ErrorCode::Forbidden
-    );
-    alice
-        .leave("team-a", false)
-        .await
-        .expect("leave is allowed");
-    alice.close().await.unwrap();
-    let alice = Client::connect(hello_token_cfg(&node, &new)).await.unwrap();
-    assert!(
-        alice.welcome().rooms.is_empty(),
-        "{:?}",
-        alice.welcome().rooms
-    );
+    assert_eq!(rooms, ["team-a"], "the membership is kept");
 }
 
 #[tokio::test]
