@@ -32,11 +32,14 @@ fn init_tracing(cfg: &Config) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Secrets travel in frames (`hello.token`, `welcome.resume_token`) and the
-    // WebSocket library logs whole frames at trace level: never below debug
-    // for it, whatever CHORUS_LOG asks. Nothing of ours logs a token.
-    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        if let Ok(d) = quiet.parse() {
-            filter = filter.add_directive(d);
+    // WebSocket library logs whole frames at trace level: when CHORUS_LOG
+    // asks for trace anywhere, that library is capped at debug. Nothing of
+    // ours logs a token.
+    if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
+        for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
         }
     }
     let builder = tracing_subscriber::fmt()
