@@ -278,14 +278,6 @@ struct FlatFrame<'a> {
     active: Option<bool>,
 }
 
-/// Only what is needed to answer a frame that failed to decode.
-#[derive(Deserialize)]
-struct Head {
-    /// Any JSON: a frame whose `op` has the wrong type still gets its id echoed.
-    op: Option<serde_json::Value>,
-    id: Option<serde_json::Value>,
-}
-
 impl ClientFrame {
     /// Decode a text frame, with an error fit for an `error` frame on failure.
     pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
@@ -302,14 +294,16 @@ impl ClientFrame {
             Err(e) => {
                 // Only an object has a readable `op`/`id` (serde would also read
                 // a struct from an array, positionally).
-                let head: Option<Head> = serde_json::from_str::<serde_json::Value>(text)
-                    .ok()
-                    .filter(|v| v.is_object())
-                    .and_then(|v| serde_json::from_value(v).ok());
-                let (op, id) = match head {
-                    Some(h) => (
-                        h.op.and_then(|o| o.as_str().map(str::to_owned)),
-                        h.id.and_then(|v| v.as_u64()),
+                let value = serde_json::from_str::<serde_json::Value>(text).ok();
+                let (op, id) = match value.as_ref().and_then(|v| v.as_object()) {
+                    // `op` absent: `""`; present but not a string: no
+                    // `request` (PROTOCOL.md 6.13).
+                    Some(obj) => (
+                        match obj.get("op") {
+                            None | Some(serde_json::Value::Null) => Some(String::new()),
+                            Some(o) => o.as_str().map(str::to_owned),
+                        },
+                        obj.get("id").and_then(|v| v.as_u64()),
                     ),
                     None => (None, None),
                 };
@@ -835,5 +829,21 @@ mod tests {
         assert!(!valid_room("a/b"));
         assert!(!valid_room(&"x".repeat(129)));
         assert_eq!(direct_room("bob", "alice"), "dm:alice:bob");
+    }
+
+    /// PROTOCOL.md 6.13, found by the `client_frame` fuzz target: a frame
+    /// without `op` is answered with `request: ""` also when another field is
+    /// malformed; a non-string `op` gets no `request`.
+    #[test]
+    fn malformed_frames_without_op_name_an_empty_request() {
+        let e = ClientFrame::decode(r#"{"id":1,"room":5}"#).unwrap_err();
+        assert_eq!((e.op.as_deref(), e.id), (Some(""), Some(1)));
+        let e = ClientFrame::decode(r#"{"id":2}"#).unwrap_err();
+        assert_eq!((e.op.as_deref(), e.id), (Some(""), Some(2)));
+        // `null` counts as absent, as everywhere in the protocol.
+        let e = ClientFrame::decode(r#"{"op":null,"id":3}"#).unwrap_err();
+        assert_eq!((e.op.as_deref(), e.id), (Some(""), Some(3)));
+        let e = ClientFrame::decode(r#"{"op":7,"id":4,"room":5}"#).unwrap_err();
+        assert_eq!((e.op, e.id), (None, Some(4)));
     }
 }

@@ -2828,7 +2828,10 @@ async fn a_resume_while_the_session_is_still_connected_takes_it_over() {
     assert_eq!(w2["session"], w["session"], "{w2}");
     let (code, reason) = old.close_frame().await;
     assert_eq!((code, reason.as_str()), (4507, "session_taken_over"));
-    assert_eq!(new.request(json!({"op": "ping", "id": 9})).await["op"], "pong");
+    assert_eq!(
+        new.request(json!({"op": "ping", "id": 9})).await["op"],
+        "pong"
+    );
 }
 
 /// 1.4: `dm:A:A` is A's room with itself; nobody else gets in.

@@ -77,10 +77,7 @@ async fn trace_logs_carry_no_token_and_no_resume_token() {
         .unwrap();
     let resume = alice.welcome().resume_token.clone();
     alice.join("r", None).await.unwrap();
-    alice
-        .send("r", "c-1", text("hello"), None)
-        .await
-        .unwrap();
+    alice.send("r", "c-1", text("hello"), None).await.unwrap();
     alice.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = node.stop();
@@ -92,7 +89,10 @@ async fn trace_logs_carry_no_token_and_no_resume_token() {
     assert!(!log.contains(&jwt), "the JWT is in the log");
     assert!(!log.contains(&resume), "the resume token is in the log");
     let signature = jwt.rsplit('.').next().unwrap();
-    assert!(!log.contains(signature), "the JWT's signature is in the log");
+    assert!(
+        !log.contains(signature),
+        "the JWT's signature is in the log"
+    );
 }
 
 /// Secrets can come from files (kept out of the process list), and `--help`
@@ -115,7 +115,10 @@ async fn secrets_can_come_from_files() {
     );
     let jwt = token("alice", 3600, None, None);
     let alice = Client::connect(ClientConfig::new(node.ws()).with_token(&jwt)).await;
-    assert!(alice.is_ok(), "a token signed with the file's secret connects");
+    assert!(
+        alice.is_ok(),
+        "a token signed with the file's secret connects"
+    );
     let http = reqwest::Client::new();
     for (key, status) in [("file-key-2", 200), ("nope", 403)] {
         let r = http
@@ -200,7 +203,10 @@ async fn durable_memberships_per_user_are_capped() {
         server_code(phone.join("m4", None).await),
         ErrorCode::TooManyRooms
     );
-    phone.join("m2", None).await.expect("a held membership re-joins");
+    phone
+        .join("m2", None)
+        .await
+        .expect("a held membership re-joins");
     alice.leave("m1", false).await.unwrap();
     alice.join("m4", None).await.expect("room after a leave");
 }
@@ -228,5 +234,9 @@ async fn http_publish_is_limited_per_sender() {
     let body: serde_json::Value = limited.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
     let other = publish("other-bot", "o-1".into()).await.unwrap();
-    assert_eq!(other.status().as_u16(), 200, "another sender has its own bucket");
+    assert_eq!(
+        other.status().as_u16(),
+        200,
+        "another sender has its own bucket"
+    );
 }
