@@ -449,6 +449,10 @@ async fn stalled_heads_beyond_the_file_limit_do_not_lock_out_a_real_client() {
     }
     let took = assert_node_serves_within(&node, Duration::from_secs(10)).await;
     eprintln!("client served in {took:?} with 300 stalled heads open");
+    // Promptly: evicted stalls give their descriptors back at once (they
+    // were never written to, so they do not linger), so accepts do not fail
+    // with EMFILE until lingering closes time out (2 s).
+    assert!(took < ms(1500), "a normal client took {took:?} with 300 stalled heads open");
     // Most of the stalled ones were closed to make room (oldest first).
     let mut ended = 0;
     for s in stalls.iter_mut().take(200) {
@@ -458,6 +462,11 @@ async fn stalled_heads_beyond_the_file_limit_do_not_lock_out_a_real_client() {
     }
     assert!(ended >= 100, "only {ended} of the 200 oldest stalled heads were closed");
     let m = metrics_text(&node, None).await;
+    eprintln!(
+        "evicted {}, accept errors {}",
+        metric(&m, "chorus_pending_evicted_total", &[]),
+        metric(&m, "chorus_accept_errors_total", &[]) + 0.0
+    );
     assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0, "{m}");
     // And again, with the stalls still open.
     assert_node_serves_within(&node, Duration::from_secs(10)).await;
@@ -563,13 +572,19 @@ async fn a_request_body_that_never_arrives_is_answered_within_the_body_timeout()
         let took = t0.elapsed();
         eprintln!("Content-Length {declared}, 10 bytes sent: {f:?} after {took:?}");
         match &f {
-            Fate::Closed(bytes) => assert!(
-                bytes.is_empty()
-                    || bytes.starts_with("HTTP/1.1 413")
-                    || bytes.starts_with("HTTP/1.1 408")
-                    || bytes.starts_with("HTTP/1.1 400"),
-                "{bytes:?}"
-            ),
+            // A timeout is the client's slowness, not a malformed request:
+            // 408 (or 413 for the declared size), not 400.
+            Fate::Closed(bytes) => {
+                assert!(
+                    bytes.is_empty()
+                        || bytes.starts_with("HTTP/1.1 413")
+                        || bytes.starts_with("HTTP/1.1 408"),
+                    "{bytes:?}"
+                );
+                if bytes.starts_with("HTTP/1.1 408") {
+                    assert!(bytes.contains(r#""code":"request_timeout""#), "{bytes:?}");
+                }
+            }
             Fate::Reset(_) => {}
             Fate::Open => panic!("Content-Length {declared} with 10 bytes was held 5 s"),
         }
