@@ -473,6 +473,62 @@ async fn stalled_heads_beyond_the_file_limit_do_not_lock_out_a_real_client() {
 }
 
 #[tokio::test]
+async fn silent_upgraded_websockets_beyond_the_file_limit_do_not_lock_out_a_real_client() {
+    // As above, with connections that finish the upgrade (101) and then never
+    // send `hello`: pending too, and written to (the 101, the close frame).
+    let node = GatewayProcess::start_with_file_limit(256, &[]);
+    let mut silent = Vec::new();
+    let req = upgrade_request(&node.addr, b"");
+    for _ in 0..300 {
+        let mut s = tcp_from(&node, None).await;
+        let _ = s.write_all(&req).await;
+        silent.push(s);
+    }
+    let took = assert_node_serves_within(&node, Duration::from_secs(10)).await;
+    eprintln!("client served in {took:?} with 300 silent upgraded websockets open");
+    // Evicted ones close at once: no closing handshake wait (2 s) and no
+    // lingering (2 s) while the descriptor is what is short. The bound leaves
+    // room for a loaded machine (300 upgrades in a debug build).
+    assert!(took < ms(2500), "a normal client took {took:?} with 300 silent websockets open");
+    let m = metrics_text(&node, None).await;
+    eprintln!(
+        "evicted {}, accept errors {}",
+        metric(&m, "chorus_pending_evicted_total", &[]),
+        metric(&m, "chorus_accept_errors_total", &[]) + 0.0
+    );
+    assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0, "{m}");
+}
+
+#[tokio::test]
+async fn at_the_pending_bound_the_oldest_pending_connection_is_closed() {
+    // 127.0.0.1 is exempt from the per-IP limits but not from the overall bound.
+    let node = GatewayProcess::start(&["--max-pending-connections", "10"]);
+    let mut stalls = Vec::new();
+    for _ in 0..10 {
+        stalls.push(stalled(&node, None).await);
+        // Accept order is connection order.
+        tokio::time::sleep(ms(20)).await;
+    }
+    for s in &mut stalls {
+        assert!(!ended_within(s, ms(50)).await, "closed below the bound");
+    }
+    let mut newest = stalled(&node, None).await;
+    assert!(
+        ended_within(&mut stalls[0], Duration::from_secs(2)).await,
+        "the oldest pending connection was not closed at the bound"
+    );
+    for (i, s) in stalls.iter_mut().enumerate().skip(1) {
+        assert!(!ended_within(s, ms(20)).await, "pending connection {i} was closed, not the oldest");
+    }
+    assert!(!ended_within(&mut newest, ms(50)).await, "the newest was closed");
+    // A real client gets through (its own connection displaces the next oldest).
+    assert_node_serves(&node).await;
+    assert!(ended_within(&mut stalls[1], Duration::from_secs(2)).await);
+    let m = metrics_text(&node, None).await;
+    assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 2.0, "{m}");
+}
+
+#[tokio::test]
 async fn a_stalled_request_head_is_closed_after_the_header_timeout() {
     let node = GatewayProcess::start(&["--http-header-timeout-ms", "500"]);
     let t0 = Instant::now();
@@ -726,6 +782,13 @@ async fn ws_sends_breaking_the_json_rules_are_refused_naming_the_rule_and_store_
     let v = raw.reply(id).await;
     assert_rule_error(&v, id, "max_depth");
     assert!(v["message"].as_str().unwrap().starts_with("meta: "), "{v}");
+    // Deep nesting outside body and meta (an unknown field) breaks nothing:
+    // the frame is answered and the connection stays.
+    id += 1;
+    raw.text(format!(r#"{{"op":"ping","id":{id},"x":{}}}"#, nested(8000)))
+        .await;
+    let v = raw.reply(id).await;
+    assert!(v["op"] == "pong" || v["op"] == "error", "{v}");
     // Nothing was stored: the same cid is new, and it is seq 1.
     let ack = raw
         .request(json!({"op": "send", "id": 99, "room": "r", "cid": "poison", "body": {"t": "ok"}}))
@@ -929,7 +992,23 @@ async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
         .wait_for(T, |e| matches!(e, Event::Msg(m) if m.room == "ok" && m.seq == ack.seq))
         .await;
     assert!(got.is_some(), "bob did not receive carol's message");
-    // The panicking user can come back, and their presence was cleaned up.
+    // Its presence was cleaned up (finish ran after the panic)...
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, p) = get_json(&node, "/v1/rooms/ok/presence").await;
+        assert_eq!(status, 200, "{p}");
+        let users: Vec<&str> = p["users"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u["user"].as_str()).collect())
+            .unwrap_or_default();
+        if !users.contains(&"alice") {
+            assert!(users.contains(&"bob") && users.contains(&"carol"), "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice still present after the panic: {p}");
+        tokio::time::sleep(ms(100)).await;
+    }
+    // ...and the user can come back.
     let again = node.connect("alice").await;
     again.join("ok", None).await.unwrap();
     assert_node_serves(&node).await;
