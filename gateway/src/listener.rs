@@ -303,10 +303,14 @@ impl Slot {
 /// closes at once: a stalled pending connection that is evicted (or timed
 /// out) must give its descriptor back now, not after [`LINGER`], or a flood
 /// of them keeps the process at its file limit and real clients wait.
+///
+/// Nor does a connection evicted while pending (see [`LingerStream::abort_on`]).
 pub struct LingerStream {
     stream: Option<TcpStream>,
     /// Whether any byte was written: only then is the close lingering.
     wrote: bool,
+    /// Cancelled when the connection was evicted: then it closes at once.
+    abort: Option<CancellationToken>,
 }
 
 impl LingerStream {
@@ -314,7 +318,14 @@ impl LingerStream {
         LingerStream {
             stream: Some(s),
             wrote: false,
+            abort: None,
         }
+    }
+
+    /// Close at once, without lingering, once `evicted` is cancelled.
+    pub fn abort_on(mut self, evicted: CancellationToken) -> LingerStream {
+        self.abort = Some(evicted);
+        self
     }
 
     fn inner(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
@@ -335,8 +346,8 @@ impl LingerStream {
 impl Drop for LingerStream {
     fn drop(&mut self) {
         let Some(mut s) = self.stream.take() else { return };
-        if !self.wrote {
-            // Nothing of ours to deliver: close now.
+        if !self.wrote || self.abort.as_ref().is_some_and(|a| a.is_cancelled()) {
+            // Nothing of ours to deliver, or evicted: close now.
             drop(s);
             return;
         }
@@ -462,7 +473,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let conn = http
             .serve_connection(
-                TokioIo::new(LingerStream::new(tcp)),
+                TokioIo::new(LingerStream::new(tcp).abort_on(slot.0.evict.clone())),
                 hyper::service::service_fn({
                     let (app, slot) = (app.clone(), slot.clone());
                     move |mut req: hyper::Request<Incoming>| {
