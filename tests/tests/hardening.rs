@@ -116,7 +116,10 @@ async fn read_response(s: &mut TcpStream, within: Duration) -> Option<(u16, Stri
             break i + 4;
         }
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => panic!("no response head within {within:?}: {:?}", String::from_utf8_lossy(&got)),
+            Err(_) => panic!(
+                "no response head within {within:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
             Ok(Ok(0)) | Ok(Err(_)) => return None,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
@@ -143,7 +146,10 @@ async fn read_response(s: &mut TcpStream, within: Duration) -> Option<(u16, Stri
         }
     }
     let end = got.len().min(head_end + len);
-    Some((status, String::from_utf8_lossy(&got[head_end..end]).into_owned()))
+    Some((
+        status,
+        String::from_utf8_lossy(&got[head_end..end]).into_owned(),
+    ))
 }
 
 /// Send a raw request on a fresh connection and read the response.
@@ -216,7 +222,11 @@ async fn publish_raw(node: &GatewayProcess, room: &str, body: String) -> (u16, V
 
 /// The room's messages through `GET /v1/rooms/{room}/messages?after=0`.
 async fn stored(node: &GatewayProcess, room: &str) -> Vec<Value> {
-    let (status, page) = get_json(node, &format!("/v1/rooms/{room}/messages?after=0&limit=100")).await;
+    let (status, page) = get_json(
+        node,
+        &format!("/v1/rooms/{room}/messages?after=0&limit=100"),
+    )
+    .await;
     assert_eq!(status, 200, "{page}");
     page["messages"].as_array().expect("messages").clone()
 }
@@ -452,7 +462,10 @@ async fn stalled_heads_beyond_the_file_limit_do_not_lock_out_a_real_client() {
     // Promptly: evicted stalls give their descriptors back at once (they
     // were never written to, so they do not linger), so accepts do not fail
     // with EMFILE until lingering closes time out (2 s).
-    assert!(took < ms(1500), "a normal client took {took:?} with 300 stalled heads open");
+    assert!(
+        took < ms(1500),
+        "a normal client took {took:?} with 300 stalled heads open"
+    );
     // Most of the stalled ones were closed to make room (oldest first).
     let mut ended = 0;
     for s in stalls.iter_mut().take(200) {
@@ -460,14 +473,20 @@ async fn stalled_heads_beyond_the_file_limit_do_not_lock_out_a_real_client() {
             ended += 1;
         }
     }
-    assert!(ended >= 100, "only {ended} of the 200 oldest stalled heads were closed");
+    assert!(
+        ended >= 100,
+        "only {ended} of the 200 oldest stalled heads were closed"
+    );
     let m = metrics_text(&node, None).await;
     eprintln!(
         "evicted {}, accept errors {}",
         metric(&m, "chorus_pending_evicted_total", &[]),
         metric(&m, "chorus_accept_errors_total", &[]) + 0.0
     );
-    assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0, "{m}");
+    assert!(
+        metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0,
+        "{m}"
+    );
     // And again, with the stalls still open.
     assert_node_serves_within(&node, Duration::from_secs(10)).await;
 }
@@ -489,18 +508,29 @@ async fn silent_upgraded_websockets_beyond_the_file_limit_do_not_lock_out_a_real
     // Evicted ones close at once: no closing handshake wait (2 s) and no
     // lingering (2 s) while the descriptor is what is short. The bound leaves
     // room for a loaded machine (300 upgrades in a debug build).
-    assert!(took < ms(2500), "a normal client took {took:?} with 300 silent websockets open");
+    assert!(
+        took < ms(2500),
+        "a normal client took {took:?} with 300 silent websockets open"
+    );
     let m = metrics_text(&node, None).await;
     eprintln!(
         "evicted {}, accept errors {}",
         metric(&m, "chorus_pending_evicted_total", &[]),
         metric(&m, "chorus_accept_errors_total", &[]) + 0.0
     );
-    assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0, "{m}");
+    assert!(
+        metric(&m, "chorus_pending_evicted_total", &[]) >= 100.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn at_the_pending_bound_the_oldest_pending_connection_is_closed() {
+    if GatewayProcess::single_node_only(
+        "the pending bound is per node; a balancer spreads connections over nodes",
+    ) {
+        return;
+    }
     // 127.0.0.1 is exempt from the per-IP limits but not from the overall bound.
     let node = GatewayProcess::start(&["--max-pending-connections", "10"]);
     let mut stalls = Vec::new();
@@ -518,18 +548,30 @@ async fn at_the_pending_bound_the_oldest_pending_connection_is_closed() {
         "the oldest pending connection was not closed at the bound"
     );
     for (i, s) in stalls.iter_mut().enumerate().skip(1) {
-        assert!(!ended_within(s, ms(20)).await, "pending connection {i} was closed, not the oldest");
+        assert!(
+            !ended_within(s, ms(20)).await,
+            "pending connection {i} was closed, not the oldest"
+        );
     }
-    assert!(!ended_within(&mut newest, ms(50)).await, "the newest was closed");
+    assert!(
+        !ended_within(&mut newest, ms(50)).await,
+        "the newest was closed"
+    );
     // A real client gets through (its own connection displaces the next oldest).
     assert_node_serves(&node).await;
     assert!(ended_within(&mut stalls[1], Duration::from_secs(2)).await);
     let m = metrics_text(&node, None).await;
-    assert!(metric(&m, "chorus_pending_evicted_total", &[]) >= 2.0, "{m}");
+    assert!(
+        metric(&m, "chorus_pending_evicted_total", &[]) >= 2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn a_stalled_request_head_is_closed_after_the_header_timeout() {
+    if GatewayProcess::single_node_only("timeouts of one node's sockets, not of the balancer's") {
+        return;
+    }
     let node = GatewayProcess::start(&["--http-header-timeout-ms", "500"]);
     let t0 = Instant::now();
     let mut s = stalled(&node, None).await;
@@ -555,13 +597,20 @@ async fn a_stalled_request_head_is_closed_after_the_header_timeout() {
     if !closed {
         closed = ended_within(&mut s, Duration::from_secs(2)).await;
     }
-    assert!(closed, "a trickling head was still open after {:?}", t0.elapsed());
+    assert!(
+        closed,
+        "a trickling head was still open after {:?}",
+        t0.elapsed()
+    );
     assert!(t0.elapsed() <= Duration::from_secs(4), "{:?}", t0.elapsed());
     assert_node_serves(&node).await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    if GatewayProcess::single_node_only("timeouts of one node's sockets, not of the balancer's") {
+        return;
+    }
     let node = GatewayProcess::start(&["--http-header-timeout-ms", "500"]);
     let mut s = tcp_from(&node, None).await;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -579,12 +628,19 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let t0 = Instant::now();
     let f = fate(&mut s, Duration::from_secs(5)).await;
     let took = t0.elapsed();
-    assert_ne!(f, Fate::Open, "an idle keep-alive connection was still open after 5 s");
+    assert_ne!(
+        f,
+        Fate::Open,
+        "an idle keep-alive connection was still open after 5 s"
+    );
     assert!(took <= ms(1500), "closed only after {took:?}");
 }
 
 #[tokio::test]
 async fn an_oversized_header_line_gets_431_or_a_close() {
+    if GatewayProcess::single_node_only("one node's HTTP parser, not the balancer's") {
+        return;
+    }
     let node = GatewayProcess::start(&[]);
     let mut s = tcp_from(&node, None).await;
     let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
@@ -593,9 +649,15 @@ async fn an_oversized_header_line_gets_431_or_a_close() {
     let t0 = Instant::now();
     // The server may stop reading (and close) before all of it is written.
     let write = tokio::time::timeout(T, s.write_all(&req)).await;
-    assert!(write.is_ok(), "the server held the connection without reading");
+    assert!(
+        write.is_ok(),
+        "the server held the connection without reading"
+    );
     let f = fate(&mut s, Duration::from_secs(5)).await;
-    eprintln!("380 kB header: write {write:?}, then {f:?} after {:?}", t0.elapsed());
+    eprintln!(
+        "380 kB header: write {write:?}, then {f:?} after {:?}",
+        t0.elapsed()
+    );
     match &f {
         Fate::Closed(bytes) => assert!(
             bytes.is_empty() || bytes.starts_with("HTTP/1.1 431"),
@@ -614,6 +676,9 @@ async fn an_oversized_header_line_gets_431_or_a_close() {
 
 #[tokio::test]
 async fn a_request_body_that_never_arrives_is_answered_within_the_body_timeout() {
+    if GatewayProcess::single_node_only("timeouts of one node's sockets, not of the balancer's") {
+        return;
+    }
     let node = GatewayProcess::start(&["--http-body-timeout-ms", "1000"]);
     for declared in ["1000000000000", "100"] {
         let mut s = tcp_from(&node, None).await;
@@ -651,6 +716,11 @@ async fn a_request_body_that_never_arrives_is_answered_within_the_body_timeout()
 
 #[tokio::test]
 async fn the_sixth_stalled_connection_from_one_address_is_closed_and_others_are_served() {
+    if GatewayProcess::single_node_only(
+        "per-IP bounds see the source address; a TCP balancer replaces it",
+    ) {
+        return;
+    }
     let node = GatewayProcess::start(&["--per-ip-exempt", "none", "--max-pending-per-ip", "5"]);
     let mut five = Vec::new();
     for _ in 0..5 {
@@ -658,7 +728,10 @@ async fn the_sixth_stalled_connection_from_one_address_is_closed_and_others_are_
     }
     // The five are held (pending, within the header timeout).
     for s in &mut five {
-        assert!(!ended_within(s, ms(100)).await, "one of the first five was closed");
+        assert!(
+            !ended_within(s, ms(100)).await,
+            "one of the first five was closed"
+        );
     }
     let t0 = Instant::now();
     let mut sixth = stalled(&node, None).await;
@@ -678,7 +751,11 @@ async fn the_sixth_stalled_connection_from_one_address_is_closed_and_others_are_
     raw_join_send(&mut other, "r").await;
     let m = metrics_text(&node, Some(OTHER_IP)).await;
     assert!(
-        metric(&m, "chorus_connections_refused_total", &[r#"reason="pending_per_ip""#]) >= 1.0,
+        metric(
+            &m,
+            "chorus_connections_refused_total",
+            &[r#"reason="pending_per_ip""#]
+        ) >= 1.0,
         "{m}"
     );
     // Once the stalled ones go, 127.0.0.1 is served again.
@@ -693,13 +770,21 @@ async fn the_sixth_stalled_connection_from_one_address_is_closed_and_others_are_
         if read_response(&mut s, T).await.map(|r| r.0) == Some(200) {
             break;
         }
-        assert!(Instant::now() < deadline, "127.0.0.1 not served again after its stalls closed");
+        assert!(
+            Instant::now() < deadline,
+            "127.0.0.1 not served again after its stalls closed"
+        );
         tokio::time::sleep(ms(100)).await;
     }
 }
 
 #[tokio::test]
 async fn connections_beyond_the_per_ip_accept_burst_are_closed_and_counted() {
+    if GatewayProcess::single_node_only(
+        "per-IP bounds see the source address; a TCP balancer replaces it",
+    ) {
+        return;
+    }
     let node = GatewayProcess::start(&[
         "--per-ip-exempt",
         "none",
@@ -737,8 +822,15 @@ async fn connections_beyond_the_per_ip_accept_burst_are_closed_and_counted() {
     assert!(served <= 5 + refill, "{served} served (refill {refill})");
     assert!(refused >= 10, "{refused} refused");
     let m = metrics_text(&node, Some(OTHER_IP)).await;
-    let counted = metric(&m, "chorus_connections_refused_total", &[r#"reason="accept_rate""#]);
-    assert!(counted >= refused as f64, "counted {counted}, refused {refused}: {m}");
+    let counted = metric(
+        &m,
+        "chorus_connections_refused_total",
+        &[r#"reason="accept_rate""#],
+    );
+    assert!(
+        counted >= refused as f64,
+        "counted {counted}, refused {refused}: {m}"
+    );
     // Another address has its own bucket.
     let mut other = ws_from(&node, OTHER_IP, "other").await;
     raw_join_send(&mut other, "r").await;
@@ -812,12 +904,31 @@ async fn ws_sends_breaking_the_json_rules_are_refused_naming_the_rule_and_store_
 async fn http_publish_breaking_the_json_rules_is_400_naming_the_rule() {
     let node = GatewayProcess::start(&[]);
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!(r#"{{"sender":"svc","body":{}}}"#, nested(200)), "body", "max_depth"),
-        (format!(r#"{{"sender":"svc","body":{}}}"#, nested(8000)), "body", "max_depth"),
-        (r#"{"sender":"svc","body":{"n":1e400}}"#.to_owned(), "body", "finite_numbers"),
-        (r#"{"sender":"svc","body":{"s":"\ud800"}}"#.to_owned(), "body", "unicode_strings"),
         (
-            format!(r#"{{"sender":"svc","body":{{"t":1}},"meta":{}}}"#, nested(40)),
+            format!(r#"{{"sender":"svc","body":{}}}"#, nested(200)),
+            "body",
+            "max_depth",
+        ),
+        (
+            format!(r#"{{"sender":"svc","body":{}}}"#, nested(8000)),
+            "body",
+            "max_depth",
+        ),
+        (
+            r#"{"sender":"svc","body":{"n":1e400}}"#.to_owned(),
+            "body",
+            "finite_numbers",
+        ),
+        (
+            r#"{"sender":"svc","body":{"s":"\ud800"}}"#.to_owned(),
+            "body",
+            "unicode_strings",
+        ),
+        (
+            format!(
+                r#"{{"sender":"svc","body":{{"t":1}},"meta":{}}}"#,
+                nested(40)
+            ),
             "meta",
             "max_depth",
         ),
@@ -837,7 +948,8 @@ async fn http_publish_breaking_the_json_rules_is_400_naming_the_rule() {
     }
     assert!(stored(&node, "r").await.is_empty());
     // A valid publish still works, and is the room's first message.
-    let (status, v) = publish_raw(&node, "r", r#"{"sender":"svc","body":{"t":[[1]]}}"#.into()).await;
+    let (status, v) =
+        publish_raw(&node, "r", r#"{"sender":"svc","body":{"t":[[1]]}}"#.into()).await;
     assert_eq!(status, 200, "{v}");
     let msgs = stored(&node, "r").await;
     assert_eq!(msgs.len(), 1);
@@ -855,7 +967,12 @@ async fn hello_with_meta_breaking_the_json_rules_is_refused() {
         assert!(reason.starts_with("protocol_violation"), "{reason}");
     }
     // 32 deep is allowed.
-    let (_ok, w) = RawWs::hello(&node, "alice", json!({"meta": serde_json::from_str::<Value>(&nested(32)).unwrap()})).await;
+    let (_ok, w) = RawWs::hello(
+        &node,
+        "alice",
+        json!({"meta": serde_json::from_str::<Value>(&nested(32)).unwrap()}),
+    )
+    .await;
     assert_eq!(w["user"], "alice");
 }
 
@@ -922,7 +1039,11 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
     assert_eq!(msgs[1]["body"], Value::Null, "{}", msgs[1]);
     assert_eq!(msgs[2]["body"], Value::Null, "{}", msgs[2]);
     assert_eq!(msgs[3]["body"], json!({"i": 4}));
-    assert!(msgs[3].get("meta").is_none_or(Value::is_null), "{}", msgs[3]);
+    assert!(
+        msgs[3].get("meta").is_none_or(Value::is_null),
+        "{}",
+        msgs[3]
+    );
     assert_eq!(msgs[4]["body"], Value::Null);
     // The newest page (no `after`) too.
     let (status, _) = get_json(&node, "/v1/rooms/r/messages").await;
@@ -969,6 +1090,9 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
 
 #[tokio::test]
 async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
+    if GatewayProcess::single_node_only("reads one node's panic counter") {
+        return;
+    }
     let node = GatewayProcess::start(&["--test-panic-room", "boom"]);
     let mut bob = node.connect("bob").await;
     bob.join("ok", None).await.unwrap();
@@ -976,7 +1100,10 @@ async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
     carol.join("ok", None).await.unwrap();
     let mut alice = node.connect("alice").await;
     alice.join("ok", None).await.unwrap();
-    let err = alice.join("boom", None).await.expect_err("the join panicked");
+    let err = alice
+        .join("boom", None)
+        .await
+        .expect_err("the join panicked");
     let (code, reason) = match err {
         ClientError::Closed { code, reason } => (code, reason),
         _ => wait_closed(&mut alice).await,
@@ -989,7 +1116,10 @@ async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
         .await
         .expect("send after the panic");
     let got = bob
-        .wait_for(T, |e| matches!(e, Event::Msg(m) if m.room == "ok" && m.seq == ack.seq))
+        .wait_for(
+            T,
+            |e| matches!(e, Event::Msg(m) if m.room == "ok" && m.seq == ack.seq),
+        )
         .await;
     assert!(got.is_some(), "bob did not receive carol's message");
     // Its presence was cleaned up (finish ran after the panic)...
@@ -1005,7 +1135,10 @@ async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
             assert!(users.contains(&"bob") && users.contains(&"carol"), "{p}");
             break;
         }
-        assert!(Instant::now() < deadline, "alice still present after the panic: {p}");
+        assert!(
+            Instant::now() < deadline,
+            "alice still present after the panic: {p}"
+        );
         tokio::time::sleep(ms(100)).await;
     }
     // ...and the user can come back.
@@ -1013,11 +1146,17 @@ async fn a_join_that_panics_closes_4003_and_other_connections_carry_on() {
     again.join("ok", None).await.unwrap();
     assert_node_serves(&node).await;
     let m = metrics_text(&node, None).await;
-    assert!(metric(&m, "chorus_panics_total", &[r#"site="connection""#]) >= 1.0, "{m}");
+    assert!(
+        metric(&m, "chorus_panics_total", &[r#"site="connection""#]) >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn an_http_handler_that_panics_answers_500_and_the_next_request_works() {
+    if GatewayProcess::single_node_only("reads one node's panic counter") {
+        return;
+    }
     let node = GatewayProcess::start(&["--test-panic-room", "boom"]);
     let client = http();
     for _ in 0..3 {
@@ -1041,13 +1180,19 @@ async fn an_http_handler_that_panics_answers_500_and_the_next_request_works() {
     }
     // Also on one raw keep-alive connection.
     let mut s = tcp_from(&node, None).await;
-    let req = format!("GET /v1/rooms/boom/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n\r\n");
+    let req =
+        format!("GET /v1/rooms/boom/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut s, T).await.map(|r| r.0), Some(500));
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut s, T).await.map(|r| r.0), Some(200));
     let m = metrics_text(&node, None).await;
-    assert!(metric(&m, "chorus_panics_total", &[r#"site="http""#]) >= 4.0, "{m}");
+    assert!(
+        metric(&m, "chorus_panics_total", &[r#"site="http""#]) >= 4.0,
+        "{m}"
+    );
     assert_node_serves(&node).await;
 }
 
@@ -1059,7 +1204,9 @@ async fn an_http_handler_that_panics_answers_500_and_the_next_request_works() {
 async fn a_frame_over_max_frame_bytes_is_answered_with_close_4504_every_time() {
     let node = GatewayProcess::start(&[]);
     let (_probe, w) = RawWs::hello(&node, "probe", json!({})).await;
-    let max = w["limits"]["max_frame_bytes"].as_u64().expect("max_frame_bytes");
+    let max = w["limits"]["max_frame_bytes"]
+        .as_u64()
+        .expect("max_frame_bytes");
     assert!(max < 70_000, "default max_frame_bytes {max}");
     let head = r#"{"op":"ping","id":1,"pad":""#;
     let big = format!("{head}{}\"}}", "p".repeat(70_000 - head.len() - 2));
@@ -1085,11 +1232,12 @@ async fn a_frame_over_max_frame_bytes_is_answered_with_close_4504_every_time() {
 async fn hello_meta_over_max_presence_meta_bytes_is_closed_4504_naming_the_flag() {
     let node = GatewayProcess::start(&[]);
     let big = json!({"pad": "x".repeat(2000)});
-    let (code, reason) = match Client::connect(node.config("alice").with_meta(Json::from_value(&big))).await {
-        Ok(c) => panic!("accepted: {:?}", c.welcome()),
-        Err(ClientError::Closed { code, reason }) => (code, reason),
-        Err(e) => panic!("expected a close frame, got {e:?}"),
-    };
+    let (code, reason) =
+        match Client::connect(node.config("alice").with_meta(Json::from_value(&big))).await {
+            Ok(c) => panic!("accepted: {:?}", c.welcome()),
+            Err(ClientError::Closed { code, reason }) => (code, reason),
+            Err(e) => panic!("expected a close frame, got {e:?}"),
+        };
     assert_eq!(code, Some(4504), "{reason}");
     assert!(reason.starts_with("message_too_big"), "{reason}");
     assert!(reason.contains("--max-presence-meta-bytes"), "{reason}");
@@ -1103,7 +1251,11 @@ async fn hello_meta_over_max_presence_meta_bytes_is_closed_4504_naming_the_flag(
     c.join("r", None).await.unwrap();
     // The flag moves the bound.
     let node = GatewayProcess::start(&["--max-presence-meta-bytes", "100"]);
-    let r = Client::connect(node.config("alice").with_meta(Json::from_value(&json!({"pad": "x".repeat(200)})))).await;
+    let r = Client::connect(
+        node.config("alice")
+            .with_meta(Json::from_value(&json!({"pad": "x".repeat(200)}))),
+    )
+    .await;
     assert_eq!(r.err().and_then(|e| e.close_code()), Some(4504));
 }
 
@@ -1133,13 +1285,25 @@ async fn presence_lists_over_the_reply_bound_give_the_count_or_are_truncated() {
     assert_eq!(p["op"], "presence", "{p}");
     assert_eq!(p["truncated"], true, "{p}");
     let users = p["users"].as_array().expect("users");
-    assert!(!users.is_empty() && users.len() < 11, "{} users", users.len());
-    assert!(p.to_string().len() < 2000 + 200, "{} bytes", p.to_string().len());
+    assert!(
+        !users.is_empty() && users.len() < 11,
+        "{} users",
+        users.len()
+    );
+    assert!(
+        p.to_string().len() < 2000 + 200,
+        "{} bytes",
+        p.to_string().len()
+    );
     // A room that fits is listed in full, without `truncated`.
     let (mut a, _) = RawWs::hello(&node, "a", json!({})).await;
-    let j = a.request(json!({"op": "join", "id": 1, "room": "small"})).await;
+    let j = a
+        .request(json!({"op": "join", "id": 1, "room": "small"}))
+        .await;
     assert_eq!(j["presence"].as_array().map(Vec::len), Some(1), "{j}");
-    let p = a.request(json!({"op": "presence", "id": 2, "room": "small"})).await;
+    let p = a
+        .request(json!({"op": "presence", "id": 2, "room": "small"}))
+        .await;
     assert!(p.get("truncated").is_none(), "{p}");
     assert_eq!(p["users"].as_array().map(Vec::len), Some(1), "{p}");
 }
@@ -1172,7 +1336,9 @@ async fn dev_mode_upgrades_accept_only_the_nodes_own_origin() {
     assert_eq!(upgrade_status(&node, &own, o.as_bytes()).await.0, 101);
     let o = format!("Origin: http://localhost:{port}\r\n");
     assert_eq!(
-        upgrade_status(&node, &format!("localhost:{port}"), o.as_bytes()).await.0,
+        upgrade_status(&node, &format!("localhost:{port}"), o.as_bytes())
+            .await
+            .0,
         101
     );
     // Another site.
@@ -1324,7 +1490,10 @@ async fn more_than_eight_pings_before_hello_close_4004() {
     // Eight are tolerated.
     let mut raw = RawWs::open(&node.url_for("alice")).await;
     for _ in 0..8 {
-        raw.ws.send(WsMessage::Ping(b"p".to_vec().into())).await.unwrap();
+        raw.ws
+            .send(WsMessage::Ping(b"p".to_vec().into()))
+            .await
+            .unwrap();
     }
     raw.send(json!({"op": "hello"})).await;
     let w = raw.recv().await;
@@ -1332,7 +1501,12 @@ async fn more_than_eight_pings_before_hello_close_4004() {
     // The ninth closes.
     let mut raw = RawWs::open(&node.url_for("alice")).await;
     for _ in 0..9 {
-        if raw.ws.send(WsMessage::Ping(b"p".to_vec().into())).await.is_err() {
+        if raw
+            .ws
+            .send(WsMessage::Ping(b"p".to_vec().into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -1342,7 +1516,12 @@ async fn more_than_eight_pings_before_hello_close_4004() {
     // Pongs count too.
     let mut raw = RawWs::open(&node.url_for("alice")).await;
     for _ in 0..20 {
-        if raw.ws.send(WsMessage::Pong(b"p".to_vec().into())).await.is_err() {
+        if raw
+            .ws
+            .send(WsMessage::Pong(b"p".to_vec().into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
