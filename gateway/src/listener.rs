@@ -345,7 +345,9 @@ impl LingerStream {
 
 impl Drop for LingerStream {
     fn drop(&mut self) {
-        let Some(mut s) = self.stream.take() else { return };
+        let Some(mut s) = self.stream.take() else {
+            return;
+        };
         if !self.wrote || self.abort.as_ref().is_some_and(|a| a.is_cancelled()) {
             // Nothing of ours to deliver, or evicted: close now.
             drop(s);
