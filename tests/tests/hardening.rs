@@ -672,6 +672,14 @@ async fn an_oversized_header_line_gets_431_or_a_close() {
     ok.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     assert_eq!(exchange(&node, &ok).await.map(|r| r.0), Some(200));
     assert_node_serves(&node).await;
+    // The flag moves the bound (8192 is its floor).
+    let node = GatewayProcess::start(&["--max-header-bytes", "8192"]);
+    let r = exchange(&node, &ok).await;
+    assert!(matches!(r, None | Some((431, _))), "{r:?}");
+    let mut small = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    small.extend(std::iter::repeat_n(b'a', 6_000));
+    small.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    assert_eq!(exchange(&node, &small).await.map(|r| r.0), Some(200));
 }
 
 #[tokio::test]
@@ -711,6 +719,20 @@ async fn a_request_body_that_never_arrives_is_answered_within_the_body_timeout()
         }
         assert!(took <= ms(2500), "answered only after {took:?}");
     }
+    // The presence query reads a body too.
+    let mut s = tcp_from(&node, None).await;
+    let head = format!(
+        "POST /v1/presence/query HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"users\":"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let t0 = Instant::now();
+    let f = fate(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        matches!(&f, Fate::Closed(b) if b.starts_with("HTTP/1.1 408")),
+        "{f:?} after {:?}",
+        t0.elapsed()
+    );
     assert!(stored(&node, "r").await.is_empty());
 }
 
@@ -776,6 +798,142 @@ async fn the_sixth_stalled_connection_from_one_address_is_closed_and_others_are_
         );
         tokio::time::sleep(ms(100)).await;
     }
+}
+
+#[tokio::test]
+async fn authenticated_and_ended_connections_stop_counting_as_pending() {
+    if GatewayProcess::single_node_only(
+        "per-IP bounds see the source address; a TCP balancer replaces it",
+    ) {
+        return;
+    }
+    let node = GatewayProcess::start(&[
+        "--per-ip-exempt",
+        "none",
+        "--max-pending-per-ip",
+        "3",
+        "--accepts-per-ip-per-sec",
+        "0",
+    ]);
+    // Connections that ended every way, one phase at a time (a connection
+    // stops being pending a moment after the client saw its end): refused at
+    // hello, HTTP answered, WebSocket sessions closed, stalls dropped.
+    for _ in 0..3 {
+        let mut raw = RawWs::open(&format!("{}?access_token=bad", node.ws_url())).await;
+        raw.send(json!({"op": "hello"})).await;
+        assert_eq!(raw.close_frame().await.0, 4501);
+    }
+    wait_no_pending(&node, "after hellos refused with 4501").await;
+    for _ in 0..5 {
+        let r = exchange(
+            &node,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.map(|r| r.0), Some(404));
+    }
+    wait_no_pending(&node, "after HTTP requests").await;
+    for _ in 0..3 {
+        let c = node.connect("alice").await;
+        c.close().await.unwrap();
+    }
+    wait_no_pending(&node, "after closed sessions").await;
+    for _ in 0..3 {
+        drop(stalled(&node, None).await);
+    }
+    wait_no_pending(&node, "after dropped stalls").await;
+    // Authenticated sessions are not pending: five of them stay open...
+    let mut live = Vec::new();
+    for i in 0..5 {
+        let c = node.connect(&format!("live{i}")).await;
+        c.join("r", None).await.unwrap();
+        live.push(c);
+    }
+    wait_no_pending(&node, "with five live sessions").await;
+    // ...and three stalls are admitted (the bound is 3), the fourth not.
+    let mut three = Vec::new();
+    for _ in 0..3 {
+        three.push(stalled(&node, None).await);
+    }
+    for s in &mut three {
+        assert!(
+            !ended_within(s, ms(100)).await,
+            "a stall within the bound was closed"
+        );
+    }
+    let mut fourth = stalled(&node, None).await;
+    assert!(
+        ended_within(&mut fourth, Duration::from_secs(1)).await,
+        "the fourth stall was held"
+    );
+    for c in &live {
+        c.ping().await.expect("live session");
+    }
+    drop(three);
+    drop(fourth);
+    wait_no_pending(&node, "after the last stalls").await;
+}
+
+/// Wait until `chorus_pending_connections` is 0 (read from 127.0.0.2, whose
+/// own request is no longer pending when the gauge is rendered).
+async fn wait_no_pending(node: &GatewayProcess, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics_text(node, Some(OTHER_IP)).await;
+        let n = metric(&m, "chorus_pending_connections", &[]);
+        if n == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{when}: chorus_pending_connections stays at {n}"
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_header_timeout_spares_websocket_sessions_and_bodies_in_progress() {
+    if GatewayProcess::single_node_only("timeouts of one node's sockets, not of the balancer's") {
+        return;
+    }
+    let node = GatewayProcess::start(&[
+        "--http-header-timeout-ms",
+        "500",
+        "--http-body-timeout-ms",
+        "10000",
+    ]);
+    let mut c = node.connect("alice").await;
+    c.join("r", None).await.unwrap();
+    // Idle for three header timeouts: the session is not an idle HTTP connection.
+    tokio::time::sleep(ms(1500)).await;
+    c.ping().await.expect("ping after 1.5 s idle");
+    let ack = c
+        .send("r", &new_cid(), text("still here"), None)
+        .await
+        .unwrap();
+    assert!(
+        c.wait_for(T, |e| matches!(e, Event::Msg(m) if m.seq == ack.seq))
+            .await
+            .is_some()
+    );
+    // A body that takes 1.5 s to arrive (headers were on time) is served.
+    let body = br#"{"sender":"svc","body":{"t":"slow"}}"#;
+    let mut s = tcp_from(&node, None).await;
+    let head = format!(
+        "POST /v1/rooms/r/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(body.len() / 3 + 1) {
+        tokio::time::sleep(ms(500)).await;
+        s.write_all(chunk)
+            .await
+            .expect("the server kept reading the body");
+    }
+    let (status, text) = read_response(&mut s, T).await.expect("a response");
+    assert_eq!(status, 200, "{text}");
 }
 
 #[tokio::test]
@@ -1217,6 +1375,12 @@ async fn a_frame_over_max_frame_bytes_is_answered_with_close_4504_every_time() {
         raw.text(big.clone()).await;
         codes.push(raw.close_frame().await);
     }
+    // Also as the first frame (still pending, before hello).
+    for i in 0..10 {
+        let mut raw = RawWs::open(&node.url_for(&format!("v{i}"))).await;
+        raw.text(big.clone()).await;
+        codes.push(raw.close_frame().await);
+    }
     for (code, reason) in &codes {
         assert_eq!(*code, 4504, "{codes:?}");
         assert!(reason.starts_with("message_too_big"), "{reason}");
@@ -1354,6 +1518,23 @@ async fn dev_mode_upgrades_accept_only_the_nodes_own_origin() {
     refused(upgrade_status(&node, &own, o.as_bytes()).await);
     // A refused upgrade leaves the node serving.
     assert_node_serves(&node).await;
+    // Without dev identities (JWT only) and without --allowed-origin, any
+    // origin passes as before: the check is the dev mode's.
+    let jwt_only = GatewayProcess::start_args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "test-secret-0123456789",
+        "--api-key",
+        API_KEY,
+    ]);
+    let (status, body) = upgrade_status(
+        &jwt_only,
+        &jwt_only.addr,
+        b"Origin: http://evil.example\r\n",
+    )
+    .await;
+    assert_eq!(status, 101, "{body}");
 }
 
 #[tokio::test]
