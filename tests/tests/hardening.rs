@@ -1163,7 +1163,7 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
         return;
     }
     let mut node = GatewayProcess::start(&[]);
-    for i in 1..=5 {
+    for i in 1..=6 {
         let (status, v) = publish_raw(
             &node,
             "r",
@@ -1183,6 +1183,7 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
             (3, r#"{"n":1e400}"#, Some(r#"{"m":3}"#)),
             (4, r#"{"i":4}"#, Some(r#"{"s":"\udc00"}"#)),
             (5, &very_deep, Some(&very_deep)),
+            (6, r#"{"not json"#, Some("[1,")),
         ],
     )
     .await;
@@ -1192,7 +1193,7 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
     assert_eq!(status, 200, "{page}");
     let msgs = page["messages"].as_array().expect("messages");
     let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5], "{page}");
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "{page}");
     assert_eq!(msgs[0]["body"], json!({"i": 1}));
     assert_eq!(msgs[1]["body"], Value::Null, "{}", msgs[1]);
     assert_eq!(msgs[2]["body"], Value::Null, "{}", msgs[2]);
@@ -1203,6 +1204,7 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
         msgs[3]
     );
     assert_eq!(msgs[4]["body"], Value::Null);
+    assert_eq!(msgs[5]["body"], Value::Null, "{}", msgs[5]);
     // The newest page (no `after`) too.
     let (status, _) = get_json(&node, "/v1/rooms/r/messages").await;
     assert_eq!(status, 200);
@@ -1219,27 +1221,110 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
             _ => panic!("unexpected during the replay: {v}"),
         }
     };
-    assert_eq!(joined["replayed"], 5, "{joined}");
+    assert_eq!(joined["replayed"], 6, "{joined}");
     let seqs: Vec<u64> = replayed.iter().filter_map(|m| m["seq"].as_u64()).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     assert_eq!(replayed[1]["body"], Value::Null);
     assert_eq!(replayed[3]["body"], json!({"i": 4}));
     let h = raw
         .request(json!({"op": "history", "id": 2, "room": "r", "after": 0}))
         .await;
     assert_eq!(h["op"], "history", "{h}");
-    assert_eq!(h["messages"].as_array().map(Vec::len), Some(5), "{h}");
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(6), "{h}");
     assert_eq!(h["messages"][2]["body"], Value::Null, "{h}");
+    assert_eq!(h["messages"][5]["body"], Value::Null, "{h}");
     // The connection still works; counted.
     let ack = raw
         .request(json!({"op": "send", "id": 3, "room": "r", "cid": "after", "body": {"i": 6}}))
         .await;
-    assert_eq!(ack["seq"], 6, "{ack}");
+    assert_eq!(ack["seq"], 7, "{ack}");
     let m = metrics_text(&node, None).await;
     // Four reads (two HTTP pages, the replay, `history`), each meeting the
-    // 5 broken fields; at least three of them certainly read every row.
+    // 7 broken fields; at least three of them certainly read every row.
     let n = metric(&m, "chorus_history_invalid_rows_total", &[]);
-    assert!(n >= 15.0, "chorus_history_invalid_rows_total = {n}");
+    assert!(n >= 21.0, "chorus_history_invalid_rows_total = {n}");
+}
+
+#[tokio::test]
+async fn stored_rows_that_are_not_utf8_json_text_do_not_break_the_rooms_history() {
+    if GatewayProcess::single_node_only("edits the node's own SQLite file") {
+        return;
+    }
+    // Rows edited by hand, as SQLite's dynamic typing allows, one kind per
+    // room (each room: seq 1 intact, seq 2 edited).
+    let kinds = [
+        ("text-not-utf8", "CAST(X'7B2278223A22FF227D' AS TEXT)"),
+        ("blob", "X'7B7D'"),
+        ("integer", "42"),
+    ];
+    let mut node = GatewayProcess::start(&[]);
+    for (room, _) in kinds {
+        for i in 1..=2 {
+            let (status, v) = publish_raw(
+                &node,
+                room,
+                format!(r#"{{"sender":"svc","body":{{"i":{i}}}}}"#),
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+        }
+    }
+    node.kill9();
+    {
+        use sqlx::{ConnectOptions, Connection};
+        let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(node.data_dir.join("chorus.db"))
+            .connect()
+            .await
+            .expect("open chorus.db");
+        for (room, value) in kinds {
+            let sql = format!("UPDATE messages SET body = {value} WHERE room = ? AND seq = 2");
+            // The values are this test's constants.
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(room)
+                .execute(&mut db)
+                .await
+                .expect("update");
+            assert_eq!(done.rows_affected(), 1);
+        }
+        db.close().await.expect("close chorus.db");
+    }
+    node.restart();
+    let mut failures = Vec::new();
+    for (room, _) in kinds {
+        let resp = http()
+            .get(format!(
+                "{}/v1/rooms/{room}/messages?after=0",
+                node.http_url()
+            ))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let page: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
+            .unwrap_or_default();
+        if status != 200 || seqs != [1, 2] || page["messages"][0]["body"] != json!({"i": 1}) {
+            failures.push(format!("{room}: GET history {status} {body}"));
+        }
+        // A join with replay completes too.
+        let (mut raw, _) = RawWs::hello(&node, "alice", json!({})).await;
+        let j = raw
+            .request(json!({"op": "join", "id": 1, "room": room, "since": 0}))
+            .await;
+        if j["op"] != "joined" || j["replayed"] != 2 {
+            failures.push(format!("{room}: join with replay {j}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "hand-edited rows broke the history:\n{}",
+        failures.join("\n")
+    );
 }
 
 // ===========================================================================
