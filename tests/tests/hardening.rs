@@ -568,6 +568,55 @@ async fn at_the_pending_bound_the_oldest_pending_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn the_pending_bound_is_a_quarter_of_the_file_limit() {
+    // 256 descriptors: at most 64 pending (the default 4096 is clamped).
+    let node = GatewayProcess::start_with_file_limit(256, &[]);
+    let mut stalls = Vec::new();
+    for _ in 0..64 {
+        stalls.push(stalled(&node, None).await);
+        tokio::time::sleep(ms(5)).await;
+    }
+    let mut held = 0;
+    for s in &mut stalls {
+        if !ended_within(s, ms(20)).await {
+            held += 1;
+        }
+    }
+    assert_eq!(held, 64, "below the bound every stall is held");
+    let _65th = stalled(&node, None).await;
+    assert!(
+        ended_within(&mut stalls[0], Duration::from_secs(2)).await,
+        "the 65th pending connection did not displace the oldest"
+    );
+    assert!(!ended_within(&mut stalls[1], ms(50)).await);
+}
+
+#[tokio::test]
+async fn an_evicted_websocket_before_hello_gets_close_4005() {
+    if GatewayProcess::single_node_only("the pending bound is per node") {
+        return;
+    }
+    let node = GatewayProcess::start(&["--max-pending-connections", "3"]);
+    let mut first = RawWs::open(&node.url_for("alice")).await;
+    tokio::time::sleep(ms(50)).await;
+    let _second = RawWs::open(&node.url_for("bob")).await;
+    let _third = stalled(&node, None).await;
+    tokio::time::sleep(ms(50)).await;
+    let t0 = Instant::now();
+    let _fourth = stalled(&node, None).await;
+    let (code, reason) = first.close_frame().await;
+    assert_eq!(code, 4005, "{reason}");
+    assert!(reason.starts_with("handshake_timeout"), "{reason}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Then the stream ends.
+    let end = tokio::time::timeout(ms(1000), first.ws.next()).await;
+    assert!(
+        matches!(end, Ok(None) | Ok(Some(Err(_)))),
+        "the evicted stream did not end: {end:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_request_head_is_closed_after_the_header_timeout() {
     if GatewayProcess::single_node_only("timeouts of one node's sockets, not of the balancer's") {
         return;
