@@ -103,7 +103,13 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Opt
     };
     let shaken = tokio::select! {
         r = AssertUnwindSafe(Box::pin(handshake(&node, &mut ws))).catch_unwind() => r,
-        _ = evicted => Ok(Err(CloseCode::HandshakeTimeout)),
+        _ = evicted => {
+            // Evicted at the pending bound: descriptors are what is short, so
+            // the close frame goes out without waiting for the client's reply
+            // (and the socket does not linger, see `listener::LingerStream`).
+            Box::pin(close_now(&mut ws, CloseCode::HandshakeTimeout)).await;
+            return;
+        }
     };
     let hello = match shaken {
         Ok(Ok(h)) => h,
@@ -304,6 +310,21 @@ async fn close(ws: &mut WebSocket, code: CloseCode, detail: Option<&str>) {
         })
         .await;
     }
+}
+
+/// Send a close frame (briefly bounded) and return without the closing
+/// handshake: for a connection evicted while pending.
+async fn close_now(ws: &mut WebSocket, code: CloseCode) {
+    metrics::counter!("chorus_closes_total", "code" => code.reason()).increment(1);
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from(code.reason()),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        ws.send(WsMessage::Close(Some(frame))),
+    )
+    .await;
 }
 
 struct Conn {

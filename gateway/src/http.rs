@@ -84,7 +84,13 @@ async fn method_not_allowed() -> ApiError {
 /// A JSON body that could not be read: 413 when it is over the body limit,
 /// 400 for everything else (wrong content type, bad JSON, wrong shape).
 fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if body_timed_out(&e) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive within the body timeout",
+        )
+    } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -93,6 +99,20 @@ fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
     } else {
         ApiError::bad_request(e.body_text())
     }
+}
+
+/// Whether a body rejection comes from `RequestBodyTimeoutLayer` (the body
+/// did not arrive within `--http-body-timeout-ms`): somewhere in its chain of
+/// sources is tower-http's `TimeoutError`.
+fn body_timed_out(e: &axum::extract::rejection::JsonRejection) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An API error: status, stable code, message.

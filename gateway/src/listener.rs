@@ -298,24 +298,61 @@ impl Slot {
 /// descriptor is closed. Closing a socket with unread input makes the kernel
 /// send a reset, and a reset makes the peer's kernel discard data the peer has
 /// not read yet, such as our close frame (nginx's `lingering_close`).
-pub struct LingerStream(Option<TcpStream>);
+///
+/// A connection that was never written to has no final bytes to protect and
+/// closes at once: a stalled pending connection that is evicted (or timed
+/// out) must give its descriptor back now, not after [`LINGER`], or a flood
+/// of them keeps the process at its file limit and real clients wait.
+///
+/// Nor does a connection evicted while pending (see [`LingerStream::abort_on`]).
+pub struct LingerStream {
+    stream: Option<TcpStream>,
+    /// Whether any byte was written: only then is the close lingering.
+    wrote: bool,
+    /// Cancelled when the connection was evicted: then it closes at once.
+    abort: Option<CancellationToken>,
+}
 
 impl LingerStream {
     pub fn new(s: TcpStream) -> LingerStream {
-        LingerStream(Some(s))
+        LingerStream {
+            stream: Some(s),
+            wrote: false,
+            abort: None,
+        }
+    }
+
+    /// Close at once, without lingering, once `evicted` is cancelled.
+    pub fn abort_on(mut self, evicted: CancellationToken) -> LingerStream {
+        self.abort = Some(evicted);
+        self
     }
 
     fn inner(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
-        match self.get_mut().0.as_mut() {
+        match self.get_mut().stream.as_mut() {
             Some(s) => Ok(Pin::new(s)),
             None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        }
+    }
+
+    /// Note a write's outcome: bytes went out.
+    fn note(self: Pin<&mut Self>, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.get_mut().wrote = true;
         }
     }
 }
 
 impl Drop for LingerStream {
     fn drop(&mut self) {
-        let Some(mut s) = self.0.take() else { return };
+        let Some(mut s) = self.stream.take() else {
+            return;
+        };
+        if !self.wrote || self.abort.as_ref().is_some_and(|a| a.is_cancelled()) {
+            // Nothing of ours to deliver, or evicted: close now.
+            drop(s);
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -351,24 +388,28 @@ impl AsyncRead for LingerStream {
 
 impl AsyncWrite for LingerStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let r = match self.as_mut().inner() {
             Ok(s) => s.poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
-        }
+        };
+        self.note(&r);
+        r
     }
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let r = match self.as_mut().inner() {
             Ok(s) => s.poll_write_vectored(cx, bufs),
             Err(e) => Poll::Ready(Err(e)),
-        }
+        };
+        self.note(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         true
@@ -434,7 +475,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let conn = http
             .serve_connection(
-                TokioIo::new(LingerStream::new(tcp)),
+                TokioIo::new(LingerStream::new(tcp).abort_on(slot.0.evict.clone())),
                 hyper::service::service_fn({
                     let (app, slot) = (app.clone(), slot.clone());
                     move |mut req: hyper::Request<Incoming>| {

@@ -92,6 +92,8 @@ pub struct GatewayProcess {
     pub data_dir: PathBuf,
     /// Flags it was started with (reused by `restart`).
     args: Vec<String>,
+    /// Open-file limit the process was started under, if set (kept by `restart`).
+    nofile: Option<u64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -160,21 +162,37 @@ impl GatewayProcess {
 
     /// Start a node on `data_dir`, on `listen` (default port 0).
     pub fn start_in(data_dir: &Path, extra: &[&str], listen: Option<&str>) -> GatewayProcess {
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            listen.unwrap_or("127.0.0.1:0").into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--jwt-secret".into(),
-            JWT_SECRET.into(),
-            "--dev-insecure-auth".into(),
-            "--api-key".into(),
-            API_KEY.into(),
-            "--resume-secret".into(),
-            "test-resume-secret".into(),
-        ];
+        let mut args = default_args(data_dir, listen);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, addr) = spawn(&args);
+        GatewayProcess::launch(data_dir, args, None)
+    }
+
+    /// Start one node (never a cluster) with a fresh data directory and the
+    /// usual flags plus `extra`, its open-file limit (soft and hard) set to
+    /// `nofile` through the shell's `ulimit -n` before it starts.
+    pub fn start_with_file_limit(nofile: u64, extra: &[&str]) -> GatewayProcess {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut args = default_args(tmp.path(), None);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = GatewayProcess::launch(tmp.path(), args, Some(nofile));
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Start one node (never a cluster) with exactly `args` plus `--data-dir`
+    /// (a fresh one): none of the harness's default flags, for tests of the
+    /// configuration itself. `args` must include a `--listen`.
+    pub fn start_args(args: &[&str]) -> GatewayProcess {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--data-dir".to_string(), tmp.path().display().to_string()]);
+        let mut p = GatewayProcess::launch(tmp.path(), all, None);
+        p._tmp = Some(tmp);
+        p
+    }
+
+    fn launch(data_dir: &Path, args: Vec<String>, nofile: Option<u64>) -> GatewayProcess {
+        let (child, addr) = spawn_limited(&args, nofile);
         GatewayProcess {
             child: Some(child),
             node_addr: addr.clone(),
@@ -183,6 +201,7 @@ impl GatewayProcess {
             lb: None,
             data_dir: data_dir.to_path_buf(),
             args,
+            nofile,
             _tmp: None,
         }
     }
@@ -291,7 +310,7 @@ impl GatewayProcess {
         if let Some(i) = args.iter().position(|a| a == "--listen") {
             args[i + 1] = self.node_addr.clone();
         }
-        let (child, addr) = spawn(&args);
+        let (child, addr) = spawn_limited(&args, self.nofile);
         self.child = Some(child);
         self.node_addr = addr.clone();
         if self.lb.is_none() {
@@ -309,6 +328,25 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// The flags of every harness node: `--listen` (default `127.0.0.1:0`),
+/// `--data-dir`, the test JWT secret, dev identities, the test API key and a
+/// resume secret.
+fn default_args(data_dir: &Path, listen: Option<&str>) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        listen.unwrap_or("127.0.0.1:0").into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--jwt-secret".into(),
+        JWT_SECRET.into(),
+        "--dev-insecure-auth".into(),
+        "--api-key".into(),
+        API_KEY.into(),
+        "--resume-secret".into(),
+        "test-resume-secret".into(),
+    ]
+}
+
 /// Send a signal by name to a PID via `kill(1)`.
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
@@ -316,12 +354,25 @@ pub fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-fn spawn(args: &[String]) -> (Child, String) {
+/// Start the binary with `args`; with `nofile`, through `sh -c 'ulimit -n N;
+/// exec ...'` so that the process starts under that open-file limit (soft and
+/// hard: the binary raises its soft limit to the hard one).
+fn spawn_limited(args: &[String], nofile: Option<u64>) -> (Child, String) {
     let _guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
     let mut last_err = String::new();
     // A restart on a fixed port can race the old socket's release: retry a little.
     for _ in 0..50 {
-        let mut child = Command::new(binary())
+        let mut cmd = match nofile {
+            None => Command::new(binary()),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                c
+            }
+        };
+        let mut child = cmd
             .args(args)
             .env(
                 "CHORUS_LOG",
