@@ -556,10 +556,22 @@ fn decode_message(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
         id: row.try_get(2).map_err(decode_error)?,
         sender: row.try_get(3).map_err(decode_error)?,
         cid: row.try_get(4).map_err(decode_error)?,
-        body: row.try_get(5).map_err(decode_error)?,
-        meta: row.try_get(6).map_err(decode_error)?,
+        body: json_text(row, 5)?.unwrap_or_default(),
+        meta: json_text(row, 6)?,
         ts: row.try_get(7).map_err(decode_error)?,
     })
+}
+
+/// A `body`/`meta` column as text, whatever a hand edit left in it (a BLOB,
+/// bytes that are not UTF-8): such a value comes back as `""`, which the
+/// gateway's JSON check refuses and serves as `null` (counted and logged),
+/// instead of failing the whole page.
+fn json_text(row: &SqliteRow, idx: usize) -> Result<Option<String>, StoreError> {
+    if let Ok(text) = row.try_get::<Option<String>, _>(idx) {
+        return Ok(text);
+    }
+    let bytes: Option<Vec<u8>> = row.try_get(idx).map_err(decode_error)?;
+    Ok(bytes.map(|b| String::from_utf8(b).unwrap_or_default()))
 }
 
 fn decode_membership(row: &SqliteRow) -> Result<Membership, StoreError> {
