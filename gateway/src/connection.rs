@@ -123,6 +123,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
     let ident = match node
         .auth
         .authenticate(token.as_deref(), creds.dev_user.as_deref())
+        .await
     {
         Ok(i) => i,
         Err(e) => {

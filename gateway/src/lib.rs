@@ -14,6 +14,8 @@
 //! - `broker/`: the fan-out seam (memory; Redis pub/sub with gap recovery).
 //! - `presence/`: the presence seam (memory; Redis with expiry).
 //! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
+//! - `jwks`: the identity provider's key set (file or URL), cached and
+//!   refetched (rate-limited) when a token names an unknown key id.
 //! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod metrics;
 pub mod node;
 pub mod ownership;
