@@ -318,18 +318,25 @@ impl Conn {
         tokio::pin!(killed, stopping, expired, hint);
         // Whether the connection has a token expiry / a `refresh_needed` due.
         let (mut expiry_armed, mut hint_armed) = (false, false);
+        // Whether this token's `refresh_needed` went out (once per token).
+        let mut hint_sent = false;
+        // The expiry timer fired early (it is capped at MAX_TIMER): set again.
+        let mut recheck = false;
         self.token_changed = true;
         loop {
-            if std::mem::take(&mut self.token_changed)
+            let new_token = std::mem::take(&mut self.token_changed);
+            if (new_token || std::mem::take(&mut recheck))
                 && let Some(exp) = self.ident.exp
             {
+                hint_sent &= !new_token;
                 let t = token_timers(exp, self.node.cfg.refresh_hint_secs, now_ms());
                 let now = tokio::time::Instant::now();
                 expired.as_mut().reset(now + t.expiry);
                 expiry_armed = true;
-                hint_armed = t.hint.is_some();
-                if let Some(h) = t.hint {
+                hint_armed = false;
+                if let Some(h) = t.hint.filter(|_| !hint_sent) {
                     hint.as_mut().reset(now + h);
+                    hint_armed = true;
                 }
             }
             let step = tokio::select! {
@@ -344,13 +351,13 @@ impl Conn {
                             Err(End::Close(CloseCode::TokenExpired))
                         }
                         _ => {
-                            self.token_changed = true;
+                            recheck = true;
                             Ok(())
                         }
                     }
                 }
                 _ = &mut hint, if hint_armed => {
-                    hint_armed = false;
+                    (hint_armed, hint_sent) = (false, true);
                     let exp = self.ident.exp.unwrap_or(0);
                     self.write(&ServerFrame::RefreshNeeded { exp }).await
                 }
