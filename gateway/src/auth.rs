@@ -101,6 +101,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+    /// The identity provider's key set has never been read (it did not
+    /// answer): the token cannot be checked yet. Not the client's fault.
+    #[error("key set unavailable")]
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -108,6 +112,7 @@ impl AuthError {
         match self {
             AuthError::Missing | AuthError::Invalid(_) => CloseCode::Unauthorized,
             AuthError::Expired => CloseCode::TokenExpired,
+            AuthError::KeysUnavailable => CloseCode::Unavailable,
         }
     }
 }
@@ -322,7 +327,11 @@ impl Auth {
                     (pem_result, Some(jwks)) => {
                         self.check_issuer_unverified(token)?;
                         let mut result = pem_result;
-                        for k in jwks.keys_for(header.kid.as_deref(), alg).await {
+                        let keys = jwks.keys_for(header.kid.as_deref(), alg).await;
+                        if keys.is_empty() && result.is_none() && !jwks.ever_read() {
+                            return Err(AuthError::KeysUnavailable);
+                        }
+                        for k in keys {
                             let r = decode(&k.key);
                             let done = !is_bad_signature(&r);
                             result = Some(r);

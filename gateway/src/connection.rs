@@ -133,6 +133,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth) {
                 AuthError::Invalid(_) => "invalid token",
                 AuthError::Missing => "missing token",
                 AuthError::Expired => "token expired",
+                AuthError::KeysUnavailable => "the identity provider's key set is unavailable",
             };
             debug!(error = %e, "authentication failed");
             Box::pin(close(&mut ws, code, Some(reason))).await;
@@ -829,7 +830,14 @@ impl Conn {
         let new = node.auth.verify(&token).await.map_err(|e| {
             metrics::counter!("chorus_auth_failures_total").increment(1);
             debug!(error = %e, "refresh refused");
-            Fail::new(ErrorCode::Unauthorized, e.to_string())
+            match e {
+                AuthError::KeysUnavailable => Fail {
+                    code: ErrorCode::Unavailable,
+                    message: e.to_string(),
+                    retry_after_ms: Some(1000),
+                },
+                _ => Fail::new(ErrorCode::Unauthorized, e.to_string()),
+            }
         })?;
         if new.user != self.ident.user || new.tenant != self.ident.tenant {
             return Err(Fail::new(

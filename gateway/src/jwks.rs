@@ -145,6 +145,12 @@ impl Jwks {
         matching(&self.current(), kid, alg)
     }
 
+    /// Whether the set was ever read successfully (else no token can be
+    /// checked against it: the provider is unreachable, not the token bad).
+    pub fn ever_read(&self) -> bool {
+        self.current().read_at.is_some()
+    }
+
     /// Read the set again unless a read started less than `min_refetch` ago.
     async fn reread(&self) {
         let mut last = self.last_read.lock().await;

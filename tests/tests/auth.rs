@@ -9,7 +9,7 @@
 //! clock); their margins allow for a loaded machine.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -179,6 +179,8 @@ fn assert_near(what: &str, at: u64, from: u64, slack: u64) {
 struct JwksServer {
     url: String,
     body: Arc<Mutex<String>>,
+    /// Answer 503 instead of the set (the provider is down).
+    down: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -192,10 +194,11 @@ impl JwksServer {
         );
         let body = Arc::new(Mutex::new(body));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (b, h) = (body.clone(), hits.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let (b, h, d) = (body.clone(), hits.clone(), down.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
-                let (b, h) = (b.clone(), h.clone());
+                let (b, h, d) = (b.clone(), h.clone(), d.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -207,8 +210,13 @@ impl JwksServer {
                     }
                     h.fetch_add(1, Ordering::SeqCst);
                     let body = b.lock().unwrap().clone();
+                    let status = if d.load(Ordering::SeqCst) {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
                          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
@@ -220,6 +228,7 @@ impl JwksServer {
         JwksServer {
             url,
             body,
+            down,
             hits,
             task,
         }
@@ -405,6 +414,39 @@ async fn jwks_url_keys_rotate_and_refetches_are_rate_limited() {
     // A known key still works throughout.
     accepted(&node, &b, "kid b, cached").await;
     assert_eq!(idp.hits(), 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_closes_4006_until_it_answers() {
+    let idp = JwksServer::start(jwks(&["rsa-a.jwk.json"])).await;
+    idp.down.store(true, Ordering::SeqCst);
+    let node = GatewayProcess::start(&[
+        "--jwt-jwks-url",
+        &idp.url,
+        "--jwt-jwks-min-refetch-secs",
+        "1",
+    ]);
+    let a = rs256("a", Some("a"), &claims("alice"));
+    // The provider's fault, not the token's: reconnect later.
+    let (code, reason) = refused(&node, &a, "provider down").await;
+    assert_eq!(code, 4006, "{reason}");
+    assert!(reason.starts_with("unavailable"), "{reason}");
+    assert_eq!(idp.hits(), 1);
+    idp.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    accepted(&node, &a, "provider back")
+        .await
+        .ping()
+        .await
+        .unwrap();
+    assert_eq!(idp.hits(), 2);
+    // Once read, a failing provider keeps the known keys in force.
+    idp.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let unknown = rs256("a", Some("zz"), &claims("mallory"));
+    assert_unauthorized(&node, &unknown, "unknown kid, provider down").await;
+    assert_eq!(idp.hits(), 3);
+    accepted(&node, &a, "known key, provider down").await;
 }
 
 #[tokio::test]
