@@ -485,6 +485,35 @@ mod tests {
     }
 
     #[test]
+    fn jwks_settings_are_checked_and_count_as_a_key() {
+        let c = Config::from_args(["chorus", "--jwt-jwks-url", "http://idp/jwks"]).unwrap();
+        assert!(!c.dev_auth(), "a JWKS is a JWT key: no implicit dev mode");
+        c.validate().unwrap();
+        let c = Config::from_args([
+            "chorus",
+            "--listen",
+            "0.0.0.0:8080",
+            "--jwt-jwks-file",
+            "/k.json",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        let c = Config::from_args([
+            "chorus",
+            "--jwt-jwks-file",
+            "/k.json",
+            "--jwt-jwks-url",
+            "ftp://idp/jwks",
+            "--jwt-issuer",
+            "",
+            "--jwt-jwks-min-refetch-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().len(), 4);
+    }
+
+    #[test]
     fn all_errors_reported_at_once() {
         let c = Config::from_args([
             "chorus",

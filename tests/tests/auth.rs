@@ -427,6 +427,20 @@ async fn an_unreachable_jwks_closes_4006_until_it_answers() {
         "1",
     ]);
     let a = rs256("a", Some("a"), &claims("alice"));
+    // A refresh needing the key set: retryable `unavailable`.
+    let bob = accepted(&node, &token("bob", 3600, None, None), "HS256").await;
+    let r = bob.refresh(&rs256("a", Some("a"), &claims("bob"))).await;
+    assert!(
+        matches!(
+            &r,
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                retryable: true,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     // The provider's fault, not the token's: reconnect later.
     let (code, reason) = refused(&node, &a, "provider down").await;
     assert_eq!(code, 4006, "{reason}");
