@@ -1,7 +1,7 @@
 //! Authentication: client JWTs, dev identities, resume tokens, room ACLs and
 //! tenant namespacing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_protocol::CloseCode;
 use jsonwebtoken::errors::ErrorKind;
@@ -9,6 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::jwks::{Jwks, JwksSource};
 
 /// Who a connection or API call acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,15 +24,72 @@ pub struct Identity {
     pub exp: Option<u64>,
 }
 
-/// Claims of a client JWT.
-#[derive(Debug, Deserialize, Serialize)]
+/// Claims of a client JWT, as this gateway reads them.
+///
+/// NumericDate claims (`exp`, `nbf`, `iat`) are JSON numbers of seconds; RFC
+/// 7519 allows a fraction, which is dropped (the whole seconds count). `aud`
+/// and `iss` are kept as JSON so that their types can be checked when they
+/// are required.
+#[derive(Debug, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "opt_numeric_date")]
+    pub nbf: Option<u64>,
+    #[serde(default, deserialize_with = "opt_numeric_date")]
+    pub iat: Option<u64>,
+    /// `null` reads as absent.
+    #[serde(default)]
+    pub aud: Option<serde_json::Value>,
+    #[serde(default)]
+    pub iss: Option<serde_json::Value>,
+    #[serde(default)]
     pub rooms: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tenant: Option<String>,
+}
+
+/// A NumericDate: a non-negative JSON number of seconds, its fraction dropped.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative number of seconds")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("a NumericDate must not be negative"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // `u64::MAX as f64` rounds up to 2^64, which is out of range.
+            if v.is_finite() && v >= 0.0 && v < u64::MAX as f64 {
+                Ok(v.floor() as u64)
+            } else {
+                Err(E::custom(
+                    "a NumericDate must be a non-negative finite number",
+                ))
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn opt_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct W(#[serde(deserialize_with = "numeric_date")] u64);
+    Ok(Option::<W>::deserialize(d)?.map(|W(v)| v))
+}
+
+/// What an unverified token says about its issuer: read before a JWKS lookup,
+/// so that tokens of another issuer never make the node fetch the key set.
+#[derive(Deserialize)]
+struct IssuerOnly {
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
 }
 
 /// Why authentication failed; each maps to a close code and an HTTP status.
@@ -43,6 +101,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+    /// The identity provider's key set has never been read (it did not
+    /// answer): the token cannot be checked yet. Not the client's fault.
+    #[error("key set unavailable")]
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -50,6 +112,7 @@ impl AuthError {
         match self {
             AuthError::Missing | AuthError::Invalid(_) => CloseCode::Unauthorized,
             AuthError::Expired => CloseCode::TokenExpired,
+            AuthError::KeysUnavailable => CloseCode::Unavailable,
         }
     }
 }
@@ -149,16 +212,27 @@ pub struct ResumeGrant {
 pub struct Auth {
     hs256: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
+    /// The identity provider's key set (`--jwt-jwks-file` / `--jwt-jwks-url`).
+    jwks: Option<Jwks>,
     dev: bool,
     resume_enc: EncodingKey,
     resume_dec: DecodingKey,
     resume_ttl_ms: i64,
     /// Required `aud` claim, if configured.
     audience: Option<String>,
+    /// Required `iss` claim, if configured.
+    issuer: Option<String>,
 }
 
-/// Clock skew tolerated on `exp`, seconds (also applied to the in-connection expiry).
+/// Clock skew tolerated on `exp`, `nbf` and `iat` when a token is presented
+/// (`hello`, `refresh`), seconds. Not applied once connected: the connection
+/// ends at `exp` itself.
 pub const LEEWAY_SECS: u64 = 5;
+
+/// Unix time in seconds.
+fn now_secs() -> u64 {
+    (now_ms() / 1000).max(0) as u64
+}
 
 impl Auth {
     pub fn new(cfg: &Config) -> Result<Auth, String> {
@@ -183,6 +257,20 @@ impl Auth {
                 }
             }
         };
+        let source = match (&cfg.jwt_jwks_file, &cfg.jwt_jwks_url) {
+            (Some(path), _) => Some(JwksSource::File(path.clone())),
+            (None, Some(url)) => Some(JwksSource::Url(url.clone())),
+            (None, None) => None,
+        };
+        let jwks = source
+            .map(|s| {
+                Jwks::new(
+                    s,
+                    Duration::from_secs(cfg.jwt_jwks_min_refetch_secs),
+                    Duration::from_secs(cfg.jwt_jwks_max_age_secs),
+                )
+            })
+            .transpose()?;
         let secret = match &cfg.resume_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => {
@@ -194,11 +282,13 @@ impl Auth {
         Ok(Auth {
             hs256,
             public,
+            jwks,
             dev: cfg.dev_auth(),
             resume_enc: EncodingKey::from_secret(&secret),
             resume_dec: DecodingKey::from_secret(&secret),
             resume_ttl_ms: cfg.resume_ttl_ms as i64,
             audience: cfg.jwt_audience.clone(),
+            issuer: cfg.jwt_issuer.clone(),
         })
     }
 
@@ -207,34 +297,106 @@ impl Auth {
         self.dev
     }
 
-    /// Verify a client JWT.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Verify a client JWT: its signature (the header's `alg` picks the key:
+    /// the secret for HS256; for RS256/ES256 the PEM key, then the JWKS key
+    /// named by `kid`), then its claims.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref(),
-            alg => self
-                .public
-                .as_ref()
-                .and_then(|(k, a)| (*a == alg).then_some(k)),
-        }
-        .ok_or_else(|| AuthError::Invalid(format!("no key for algorithm {:?}", header.alg)))?;
-        let mut validation = Validation::new(header.alg);
+        let alg = header.alg;
+        let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            // Identity providers often add `aud`; without a configured audience
-            // it is not checked (rather than refusing every such token).
-            None => validation.validate_aud = false,
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
+        // `aud` and `iss` are checked in `check_claims`, with their types.
+        validation.validate_aud = false;
+        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Claims>(token, key, &validation);
+        let result = match alg {
+            Algorithm::HS256 => match &self.hs256 {
+                Some(key) => decode(key),
+                None => return Err(no_key(alg)),
+            },
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let pem = self
+                    .public
+                    .as_ref()
+                    .and_then(|(k, a)| (*a == alg).then_some(k));
+                let pem_result = pem.map(decode);
+                match (pem_result, &self.jwks) {
+                    (Some(r), _) if !is_bad_signature(&r) => r,
+                    (pem_result, Some(jwks)) => {
+                        self.check_issuer_unverified(token)?;
+                        let mut result = pem_result;
+                        let keys = jwks.keys_for(header.kid.as_deref(), alg).await;
+                        if keys.is_empty() && result.is_none() && !jwks.ever_read() {
+                            return Err(AuthError::KeysUnavailable);
+                        }
+                        for k in keys {
+                            let r = decode(&k.key);
+                            let done = !is_bad_signature(&r);
+                            result = Some(r);
+                            if done {
+                                break;
+                            }
+                        }
+                        match result {
+                            Some(r) => r,
+                            None => {
+                                return Err(AuthError::Invalid(match header.kid {
+                                    Some(kid) => format!("unknown key id '{kid}'"),
+                                    None => format!("no key for algorithm {alg:?}"),
+                                }));
+                            }
+                        }
+                    }
+                    (Some(r), None) => r,
+                    (None, None) => return Err(no_key(alg)),
+                }
+            }
+            _ => return Err(no_key(alg)),
+        };
+        let data = result.map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)".into()),
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        let c = data.claims;
+        self.check_claims(data.claims, now_secs())
+    }
+
+    /// With a configured issuer, refuse a token naming another one before any
+    /// key lookup (the signature is checked afterwards, with the claims).
+    fn check_issuer_unverified(&self, token: &str) -> Result<(), AuthError> {
+        let Some(want) = &self.issuer else {
+            return Ok(());
+        };
+        let claims: IssuerOnly = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        check_issuer(want, claims.iss.as_ref())
+    }
+
+    /// The claim rules, on a token whose signature is valid.
+    fn check_claims(&self, c: Claims, now: u64) -> Result<Identity, AuthError> {
+        if c.exp.saturating_add(LEEWAY_SECS) < now {
+            return Err(AuthError::Expired);
+        }
+        if c.nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
+        {
+            return Err(AuthError::Invalid("token not valid yet (nbf)".into()));
+        }
+        if c.iat
+            .is_some_and(|iat| iat > now.saturating_add(LEEWAY_SECS))
+        {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
+        }
+        if let Some(want) = &self.audience {
+            check_audience(want, c.aud.as_ref())?;
+        }
+        if let Some(want) = &self.issuer {
+            check_issuer(want, c.iss.as_ref())?;
+        }
         if !valid_user(&c.sub) {
             return Err(AuthError::Invalid(
                 "sub must be 1-128 chars of A-Z a-z 0-9 _ - . @".into(),
@@ -254,13 +416,13 @@ impl Auth {
     }
 
     /// Resolve a connection's identity: a token wins; else a dev `?user=`.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         token: Option<&str>,
         dev_user: Option<&str>,
     ) -> Result<Identity, AuthError> {
         if let Some(t) = token {
-            return self.verify(t);
+            return self.verify(t).await;
         }
         match dev_user {
             Some(u) if self.dev => {
@@ -313,6 +475,48 @@ impl Auth {
     }
 }
 
+/// The error for a token whose `alg` has no configured key.
+fn no_key(alg: Algorithm) -> AuthError {
+    AuthError::Invalid(format!("no key for algorithm {alg:?}"))
+}
+
+/// Whether a decode failed on the signature (so another key may verify it).
+fn is_bad_signature<T>(r: &jsonwebtoken::errors::Result<T>) -> bool {
+    matches!(r, Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature))
+}
+
+/// A required audience: `aud` is that string, or an array of strings one of
+/// which is it. Absent, `null`, another type or a mixed array is refused.
+fn check_audience(want: &str, aud: Option<&serde_json::Value>) -> Result<(), AuthError> {
+    use serde_json::Value;
+    let ok = match aud {
+        Some(Value::String(a)) => a == want,
+        Some(Value::Array(items)) => {
+            items.iter().all(Value::is_string) && items.iter().any(|a| a == want)
+        }
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(AuthError::Invalid(match aud {
+        None => "missing aud".into(),
+        Some(Value::String(_)) => "wrong aud".into(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => "wrong aud".into(),
+        Some(_) => "aud must be a string or an array of strings".into(),
+    }))
+}
+
+/// A required issuer: `iss` is exactly that string.
+fn check_issuer(want: &str, iss: Option<&serde_json::Value>) -> Result<(), AuthError> {
+    match iss {
+        Some(serde_json::Value::String(i)) if i == want => Ok(()),
+        None => Err(AuthError::Invalid("missing iss".into())),
+        Some(serde_json::Value::String(_)) => Err(AuthError::Invalid("wrong iss".into())),
+        Some(_) => Err(AuthError::Invalid("iss must be a string".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,11 +539,12 @@ mod tests {
         (now_ms() / 1000) as u64 + 3600
     }
 
-    #[test]
-    fn hs256_tokens_verify_and_expire() {
+    #[tokio::test]
+    async fn hs256_tokens_verify_and_expire() {
         let a = auth("s3cret");
         let id = a
             .verify(&token("s3cret", serde_json::json!({"sub":"alice","exp":in_an_hour(),"rooms":["team-*"],"tenant":"acme"})))
+            .await
             .unwrap();
         assert_eq!(id.user, "alice");
         assert_eq!(id.room_key("team-a"), "acme/team-a");
@@ -349,24 +554,124 @@ mod tests {
             a.verify(&token(
                 "s3cret",
                 serde_json::json!({"sub":"alice","exp":1000})
-            )),
+            ))
+            .await,
             Err(AuthError::Expired)
         );
         assert!(matches!(
             a.verify(&token(
                 "wrong",
                 serde_json::json!({"sub":"alice","exp":in_an_hour()})
-            )),
+            ))
+            .await,
             Err(AuthError::Invalid(_))
         ));
-        assert!(matches!(a.verify("garbage"), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.verify("garbage").await,
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(
             a.verify(&token(
                 "s3cret",
                 serde_json::json!({"sub":"a/b","exp":in_an_hour()})
-            )),
+            ))
+            .await,
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    /// An HS256 node with an audience and an issuer configured.
+    fn strict_auth() -> Auth {
+        let cfg = Config::from_args([
+            "chorus",
+            "--jwt-secret",
+            "s",
+            "--jwt-audience",
+            "chat",
+            "--jwt-issuer",
+            "https://idp.example",
+        ])
+        .unwrap();
+        Auth::new(&cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn audience_and_issuer_are_required_with_their_types() {
+        let a = strict_auth();
+        let exp = in_an_hour();
+        let iss = "https://idp.example";
+        let ok =
+            |aud: serde_json::Value| serde_json::json!({"sub":"u","exp":exp,"iss":iss,"aud":aud});
+        for good in [
+            serde_json::json!("chat"),
+            serde_json::json!(["other", "chat"]),
+        ] {
+            assert!(
+                a.verify(&token("s", ok(good.clone()))).await.is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            serde_json::json!(null),
+            serde_json::json!(7),
+            serde_json::json!({"chat": true}),
+            serde_json::json!([]),
+            serde_json::json!(["other"]),
+            serde_json::json!(["chat", 1]),
+            serde_json::json!("CHAT"),
+        ] {
+            assert!(
+                matches!(
+                    a.verify(&token("s", ok(bad.clone()))).await,
+                    Err(AuthError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        let no_aud = serde_json::json!({"sub":"u","exp":exp,"iss":iss});
+        assert!(a.verify(&token("s", no_aud)).await.is_err());
+        for bad_iss in [
+            serde_json::json!(null),
+            serde_json::json!("https://evil.example"),
+            serde_json::json!([iss]),
+        ] {
+            let c = serde_json::json!({"sub":"u","exp":exp,"aud":"chat","iss":bad_iss});
+            assert!(a.verify(&token("s", c)).await.is_err(), "{bad_iss}");
+        }
+        // Without configured values, aud and iss of any type are ignored.
+        let c = serde_json::json!({"sub":"u","exp":exp,"aud":7,"iss":{"x":1}});
+        assert!(auth("s").verify(&token("s", c)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn time_claims_nbf_iat_and_fractions() {
+        let a = auth("s");
+        let now = (now_ms() / 1000) as u64;
+        let v = |c: serde_json::Value| token("s", c);
+        let future = now + LEEWAY_SECS + 60;
+        let nbf = v(serde_json::json!({"sub":"u","exp":now+3600,"nbf":future}));
+        assert!(matches!(a.verify(&nbf).await, Err(AuthError::Invalid(m)) if m.contains("nbf")));
+        let iat = v(serde_json::json!({"sub":"u","exp":now+3600,"iat":future}));
+        assert!(matches!(a.verify(&iat).await, Err(AuthError::Invalid(m)) if m.contains("iat")));
+        // Within the leeway both pass.
+        let skew = v(serde_json::json!({"sub":"u","exp":now+3600,"nbf":now+2,"iat":now+2}));
+        assert!(a.verify(&skew).await.is_ok());
+        // A fractional exp is floored.
+        let frac = v(serde_json::json!({"sub":"u","exp":(now + 100) as f64 + 0.9}));
+        assert_eq!(a.verify(&frac).await.unwrap().exp, Some(now + 100));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!("9999999999"),
+            serde_json::json!(-0.5),
+        ] {
+            let t = v(serde_json::json!({"sub":"u","exp":bad}));
+            assert!(
+                matches!(a.verify(&t).await, Err(AuthError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        let huge = v(serde_json::json!({"sub":"u","exp":u64::MAX}));
+        assert_eq!(a.verify(&huge).await.unwrap().exp, Some(u64::MAX));
     }
 
     #[test]
@@ -406,13 +711,16 @@ mod tests {
         assert!(a.verify_resume("nope").is_none());
     }
 
-    #[test]
-    fn dev_identities_only_in_dev_mode() {
+    #[tokio::test]
+    async fn dev_identities_only_in_dev_mode() {
         let a = auth("s");
-        assert_eq!(a.authenticate(None, Some("bob")), Err(AuthError::Missing));
+        assert_eq!(
+            a.authenticate(None, Some("bob")).await,
+            Err(AuthError::Missing)
+        );
         let cfg = Config::from_args(["chorus"]).unwrap();
         let d = Auth::new(&cfg).unwrap();
-        assert_eq!(d.authenticate(None, Some("bob")).unwrap().user, "bob");
-        assert!(d.authenticate(None, Some("b b")).is_err());
+        assert_eq!(d.authenticate(None, Some("bob")).await.unwrap().user, "bob");
+        assert!(d.authenticate(None, Some("b b")).await.is_err());
     }
 }

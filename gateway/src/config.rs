@@ -72,9 +72,43 @@ pub struct Config {
     #[arg(long, env = "CHORUS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// Required `aud` claim of client JWTs; when absent, `aud` is not checked.
+    /// Required `aud` claim of client JWTs: a token must name it (as a string,
+    /// or as one element of an array of strings). When absent, `aud` is not checked.
     #[arg(long, env = "CHORUS_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim of client JWTs (a string equal to this). When absent,
+    /// `iss` is not checked. With a JWKS, the key set is this issuer's.
+    #[arg(long, env = "CHORUS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// JWKS file (`{"keys":[...]}`, RSA keys for RS256, EC P-256 keys for
+    /// ES256) for client JWTs; read at start and again when a token names an
+    /// unknown `kid`.
+    #[arg(long, env = "CHORUS_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// JWKS URL (http:// or https://) of the identity provider; fetched on the
+    /// first token, cached, and fetched again when a token names an unknown
+    /// `kid` or the cache is older than --jwt-jwks-max-age-secs.
+    #[arg(long, env = "CHORUS_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Least time between two JWKS fetches, seconds: tokens with unknown key
+    /// ids cannot make the node hammer the identity provider.
+    #[arg(long, env = "CHORUS_JWT_JWKS_MIN_REFETCH_SECS", default_value_t = 10)]
+    pub jwt_jwks_min_refetch_secs: u64,
+
+    /// Age after which the cached JWKS is fetched again on the next token
+    /// (so keys the identity provider withdrew stop being accepted), seconds.
+    #[arg(long, env = "CHORUS_JWT_JWKS_MAX_AGE_SECS", default_value_t = 3_600)]
+    pub jwt_jwks_max_age_secs: u64,
+
+    /// Send `refresh_needed` this many seconds before a connection's token
+    /// expires (halfway through its remaining lifetime when that is shorter
+    /// than twice this). 0: never.
+    #[arg(long, env = "CHORUS_REFRESH_HINT_SECS", default_value_t = 30)]
+    pub refresh_hint_secs: u64,
 
     /// Accept `?user=NAME` without a token. INSECURE: for the local demo only.
     /// On by default when no JWT key is configured and the listen address is loopback.
@@ -412,15 +446,15 @@ impl Config {
     /// Whether dev authentication is in force: asked for, or implied by having no
     /// JWT key on a loopback address.
     pub fn dev_auth(&self) -> bool {
-        self.dev_insecure_auth
-            || (self.jwt_secret.is_none()
-                && self.jwt_public_key.is_none()
-                && self.listen.ip().is_loopback())
+        self.dev_insecure_auth || (!self.has_jwt_key() && self.listen.ip().is_loopback())
     }
 
-    /// Whether a JWT verification key is configured.
-    pub fn jwt_configured(&self) -> bool {
-        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
+    /// Whether any key for client JWTs is configured (secret, PEM key or JWKS).
+    pub fn has_jwt_key(&self) -> bool {
+        self.jwt_secret.is_some()
+            || self.jwt_public_key.is_some()
+            || self.jwt_jwks_file.is_some()
+            || self.jwt_jwks_url.is_some()
     }
 
     /// Whether this node runs in cluster mode (Redis + PostgreSQL).
@@ -444,10 +478,11 @@ impl Config {
         if self.cluster() && (self.owner_lease_ms < 300 || self.presence_ttl_ms < 300) {
             errs.push("--owner-lease-ms and --presence-ttl-ms must be at least 300".into());
         }
-        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.dev_auth() {
+        if !self.has_jwt_key() && !self.dev_auth() {
             errs.push(format!(
-                "no JWT key configured and {} is not a loopback address: set --jwt-secret or \
-                 --jwt-public-key (or --dev-insecure-auth to accept ?user=NAME, insecure)",
+                "no JWT key configured and {} is not a loopback address: set --jwt-secret, \
+                 --jwt-public-key, --jwt-jwks-file or --jwt-jwks-url (or --dev-insecure-auth \
+                 to accept ?user=NAME, insecure)",
                 self.listen
             ));
         }
@@ -458,6 +493,7 @@ impl Config {
                 self.listen
             ));
         }
+        errs.extend(self.validate_jwt());
         if self.heartbeat_ms == 0 || self.idle_timeout_ms <= self.heartbeat_ms {
             errs.push("--idle-timeout-ms must be greater than --heartbeat-ms > 0".into());
         }
@@ -499,6 +535,34 @@ impl Config {
             ));
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The JWT settings' problems.
+    fn validate_jwt(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.jwt_jwks_file.is_some() && self.jwt_jwks_url.is_some() {
+            errs.push("give at most one of --jwt-jwks-file and --jwt-jwks-url".into());
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            let https = url.starts_with("https://");
+            if !https && !url.starts_with("http://") {
+                errs.push(format!(
+                    "--jwt-jwks-url must be an http:// or https:// URL, not {url}"
+                ));
+            }
+        }
+        for (name, v) in [
+            ("--jwt-audience", &self.jwt_audience),
+            ("--jwt-issuer", &self.jwt_issuer),
+        ] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                errs.push(format!("{name} must not be empty"));
+            }
+        }
+        if self.jwt_jwks_min_refetch_secs == 0 {
+            errs.push("--jwt-jwks-min-refetch-secs must be positive".into());
+        }
+        errs
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -580,6 +644,35 @@ mod tests {
         assert!(!c.dev_auth());
         let errs = c.validate().unwrap_err();
         assert!(errs[0].contains("JWT"));
+    }
+
+    #[test]
+    fn jwks_settings_are_checked_and_count_as_a_key() {
+        let c = Config::from_args(["chorus", "--jwt-jwks-url", "http://idp/jwks"]).unwrap();
+        assert!(!c.dev_auth(), "a JWKS is a JWT key: no implicit dev mode");
+        c.validate().unwrap();
+        let c = Config::from_args([
+            "chorus",
+            "--listen",
+            "0.0.0.0:8080",
+            "--jwt-jwks-file",
+            "/k.json",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        let c = Config::from_args([
+            "chorus",
+            "--jwt-jwks-file",
+            "/k.json",
+            "--jwt-jwks-url",
+            "ftp://idp/jwks",
+            "--jwt-issuer",
+            "",
+            "--jwt-jwks-min-refetch-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().len(), 4);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, warn};
 
-use crate::auth::{AuthError, Identity, LEEWAY_SECS, now_ms};
+use crate::auth::{AuthError, Identity, now_ms};
 use crate::hub::{ConnHandle, Kill, Outbound, Queue};
 use crate::listener::Slot;
 use crate::node::Node;
@@ -163,6 +163,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Opt
     let ident = match node
         .auth
         .authenticate(token.as_deref(), creds.dev_user.as_deref())
+        .await
     {
         Ok(i) => i,
         Err(e) => {
@@ -172,6 +173,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Opt
                 AuthError::Invalid(_) => "invalid token",
                 AuthError::Missing => "missing token",
                 AuthError::Expired => "token expired",
+                AuthError::KeysUnavailable => "the identity provider's key set is unavailable",
             };
             debug!(error = %e, "authentication failed");
             Box::pin(close(&mut ws, code, Some(reason))).await;
@@ -210,6 +212,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket, creds: UpgradeAuth, slot: Opt
         frames: TokenBucket::new(node.cfg.frames_per_sec, node.cfg.frame_burst),
         last_seen: Instant::now(),
         pending: FuturesUnordered::new(),
+        token_changed: false,
     };
     let end = match AssertUnwindSafe(conn.run(device, meta, resume))
         .catch_unwind()
@@ -350,6 +353,9 @@ struct Conn {
     last_seen: Instant,
     /// Sends in flight, acked as their commits finish.
     pending: FuturesUnordered<PendingAck>,
+    /// Set when `refresh` replaced the token: the loop re-arms the expiry and
+    /// `refresh_needed` timers for the new `exp`.
+    token_changed: bool,
 }
 
 /// A failed request: the error frame to answer it with.
@@ -389,26 +395,63 @@ impl Conn {
         let mut shutdown = self.node.shutdown_signal();
         let heartbeat = self.node.cfg.heartbeat();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        // The same leeway as at connect, so a token accepted within it is not
-        // closed the moment `welcome` is sent.
-        let expiry = self.ident.exp.map(|exp| {
-            let ms = ((exp + LEEWAY_SECS) as i64 * 1000 - now_ms()).max(0) as u64;
-            tokio::time::Instant::now() + Duration::from_millis(ms)
-        });
         let kill = self.handle.kill.clone();
         // Created once, not per turn of the loop: a timer or waiter made anew
         // on every wake-up is registered and removed again for each delivery.
-        // Each of them ends the loop, so none is polled after it completes.
+        // Each of them ends the loop, so none is polled after it completes;
+        // the token timers are re-armed (reset) instead, and polled only
+        // while armed.
         let killed = kill.wait();
         let stopping = crate::node::wait_true(&mut shutdown);
-        let expired = sleep_until_opt(expiry);
-        tokio::pin!(killed, stopping, expired);
+        let far = tokio::time::Instant::now() + MAX_TIMER;
+        let expired = tokio::time::sleep_until(far);
+        let hint = tokio::time::sleep_until(far);
+        tokio::pin!(killed, stopping, expired, hint);
+        // Whether the connection has a token expiry / a `refresh_needed` due.
+        let (mut expiry_armed, mut hint_armed) = (false, false);
+        // Whether this token's `refresh_needed` went out (once per token).
+        let mut hint_sent = false;
+        // The expiry timer fired early (it is capped at MAX_TIMER): set again.
+        let mut recheck = false;
+        self.token_changed = true;
         loop {
+            let new_token = std::mem::take(&mut self.token_changed);
+            if (new_token || std::mem::take(&mut recheck))
+                && let Some(exp) = self.ident.exp
+            {
+                hint_sent &= !new_token;
+                let t = token_timers(exp, self.node.cfg.refresh_hint_secs, now_ms());
+                let now = tokio::time::Instant::now();
+                expired.as_mut().reset(now + t.expiry);
+                expiry_armed = true;
+                hint_armed = false;
+                if let Some(h) = t.hint.filter(|_| !hint_sent) {
+                    hint.as_mut().reset(now + h);
+                    hint_armed = true;
+                }
+            }
             let step = tokio::select! {
                 biased;
                 code = &mut killed => Err(End::Close(code)),
                 _ = &mut stopping => return Box::pin(self.drain()).await,
-                _ = &mut expired => Err(End::Close(CloseCode::TokenExpired)),
+                _ = &mut expired, if expiry_armed => {
+                    // No leeway once connected (PROTOCOL.md 3.2): the close
+                    // comes at `exp`. A timer capped at MAX_TIMER re-arms.
+                    match self.ident.exp {
+                        Some(exp) if exp_ms(exp) <= now_ms() => {
+                            Err(End::Close(CloseCode::TokenExpired))
+                        }
+                        _ => {
+                            recheck = true;
+                            Ok(())
+                        }
+                    }
+                }
+                _ = &mut hint, if hint_armed => {
+                    (hint_armed, hint_sent) = (false, true);
+                    let exp = self.ident.exp.unwrap_or(0);
+                    self.write(&ServerFrame::RefreshNeeded { exp }).await
+                }
                 inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     Box::pin(self.on_ack(done)).await
@@ -596,6 +639,7 @@ impl Conn {
             ClientFrame::Presence { id, room } => self.presence(id, room).await,
             ClientFrame::Ping { id } => return self.write(&ServerFrame::Pong { id }).await,
             ClientFrame::Pong {} => Ok(()),
+            ClientFrame::Refresh { id, token } => Box::pin(self.refresh(id, token)).await,
         };
         match result {
             Ok(()) => Ok(()),
@@ -871,6 +915,73 @@ impl Conn {
         self.write(&ServerFrame::Left { id, room })
             .await
             .map_err(|_| Fail::new(ErrorCode::Internal, "socket closed"))
+    }
+
+    /// `refresh`: verify the new token like a `hello`'s, for the same user and
+    /// tenant, put it in force (its `exp` re-arms the timers, its `rooms` claim
+    /// decides from now on), and leave every joined room it does not allow
+    /// (each with an `error` naming the room, before the `refreshed` reply;
+    /// the durable membership stays, as when a resume's new token no longer
+    /// allows a room). A refused token changes nothing.
+    async fn refresh(&mut self, id: Option<u64>, token: String) -> Result<(), Fail> {
+        if self.ident.exp.is_none() {
+            return Err(Fail::new(
+                ErrorCode::InvalidState,
+                "this connection was not authenticated with a JWT (development mode): \
+                 there is no token to refresh",
+            ));
+        }
+        let node = self.node.clone();
+        let new = node.auth.verify(&token).await.map_err(|e| {
+            metrics::counter!("chorus_auth_failures_total").increment(1);
+            debug!(error = %e, "refresh refused");
+            match e {
+                AuthError::KeysUnavailable => Fail {
+                    code: ErrorCode::Unavailable,
+                    message: e.to_string(),
+                    retry_after_ms: Some(1000),
+                },
+                _ => Fail::new(ErrorCode::Unauthorized, e.to_string()),
+            }
+        })?;
+        if new.user != self.ident.user || new.tenant != self.ident.tenant {
+            return Err(Fail::new(
+                ErrorCode::Forbidden,
+                "the new token is for another user or tenant",
+            ));
+        }
+        let exp = new.exp.unwrap_or(0);
+        self.ident = new;
+        self.token_changed = true;
+        metrics::counter!("chorus_token_refreshes_total").increment(1);
+        let mut revoked: Vec<(Arc<str>, String)> = self
+            .rooms
+            .iter()
+            .filter(|(_, j)| !self.ident.allows(&j.public))
+            .map(|(k, j)| (k.clone(), j.public.clone()))
+            .collect();
+        revoked.sort_by(|a, b| a.1.cmp(&b.1));
+        let closed = |_| Fail::new(ErrorCode::Internal, "socket closed");
+        for (key, room) in revoked {
+            self.drop_room(&key).await;
+            node.presence_leave(&key, &self.session, &self.ident.user)
+                .await;
+            self.write(&ServerFrame::Error {
+                id: None,
+                request: Some("refresh".into()),
+                code: ErrorCode::Forbidden,
+                message: format!("the new token does not allow room '{room}': left it"),
+                retryable: false,
+                retry_after_ms: None,
+                cid: None,
+                room: Some(room),
+            })
+            .await
+            .map_err(closed)?;
+        }
+        self.write(&ServerFrame::Refreshed { id, exp })
+            .await
+            .map_err(closed)
     }
 
     /// Validate a send, apply the limits (this connection's bucket first: a
@@ -1295,10 +1406,35 @@ enum ReplayError {
     Socket,
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Longest a token timer sleeps before looking at the clock again.
+const MAX_TIMER: Duration = Duration::from_secs(86_400);
+
+/// `exp` (Unix seconds) in Unix milliseconds, saturating.
+fn exp_ms(exp: u64) -> i64 {
+    i64::try_from(exp.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// When a connection's token timers fire, from now.
+#[derive(Debug, PartialEq, Eq)]
+struct TokenTimers {
+    /// The close 4502: at `exp` (at once if it has passed), capped at
+    /// `MAX_TIMER` (the loop then looks again).
+    expiry: Duration,
+    /// `refresh_needed`: `hint_secs` before `exp`, or halfway through the
+    /// remaining lifetime when that is shorter than twice `hint_secs` (so a
+    /// short token is not hinted at once, and a client refreshing on every
+    /// hint does not loop). `None` when hints are off or it is beyond the cap.
+    hint: Option<Duration>,
+}
+
+fn token_timers(exp: u64, hint_secs: u64, now_ms: i64) -> TokenTimers {
+    let remaining = exp_ms(exp).saturating_sub(now_ms).max(0) as u64;
+    let cap = MAX_TIMER.as_millis() as u64;
+    let before = hint_secs.saturating_mul(1000).min(remaining / 2);
+    let hint_at = remaining - before;
+    TokenTimers {
+        expiry: Duration::from_millis(remaining.min(cap)),
+        hint: (hint_secs > 0 && hint_at <= cap).then(|| Duration::from_millis(hint_at)),
     }
 }
 
@@ -1455,4 +1591,29 @@ pub async fn read_page(
         messages.retain(|m| m.seq > after && m.seq < before);
     }
     Ok((messages, has_more))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_timers_close_at_exp_and_hint_before_it() {
+        let now = 1_700_000_000_000;
+        let exp = 1_700_000_100; // 100 s from now
+        let t = token_timers(exp, 30, now);
+        assert_eq!(t.expiry, Duration::from_secs(100));
+        assert_eq!(t.hint, Some(Duration::from_secs(70)));
+        // Shorter than twice the hint: halfway.
+        let t = token_timers(exp, 80, now);
+        assert_eq!(t.hint, Some(Duration::from_secs(50)));
+        // Hints off.
+        assert_eq!(token_timers(exp, 0, now).hint, None);
+        // Passed (accepted within the connect leeway): close and hint at once.
+        let t = token_timers(exp - 103, 30, now);
+        assert_eq!((t.expiry, t.hint), (Duration::ZERO, Some(Duration::ZERO)));
+        // Far away (even u64::MAX): capped, never overflowing; no hint yet.
+        let t = token_timers(u64::MAX, 30, now);
+        assert_eq!((t.expiry, t.hint), (MAX_TIMER, None));
+    }
 }

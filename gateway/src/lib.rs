@@ -16,6 +16,8 @@
 //! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
 //! - `listener`: the accept loop: pending-connection bounds, per-IP limits,
 //!   HTTP/1 timeouts, lingering close.
+//! - `jwks`: the identity provider's key set (file or URL), cached and
+//!   refetched (rate-limited) when a token names an unknown key id.
 //! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod node;

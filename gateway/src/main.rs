@@ -55,7 +55,7 @@ fn init_tracing(cfg: &Config) {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     chorus_gateway::metrics::install();
     chorus_gateway::metrics::install_panic_hook();
-    if cfg.dev_auth() && cfg.jwt_configured() {
+    if cfg.dev_auth() && cfg.has_jwt_key() {
         warn!(
             "DEV MODE AND JWT TOGETHER: tokens are verified, but ?user=NAME is ALSO accepted \
              without one (--dev-insecure-auth). Only for tests on this machine; the HTTP API \

@@ -14,8 +14,9 @@
 //!   [`Client::handle`] to send from other tasks while the [`Client`] owner
 //!   drains events.
 //! - Everything the server sends that is not a reply (messages, receipts,
-//!   typing, presence diffs, `reconnect` hints, errors without a waiting
-//!   request, the final close) arrives through [`Client::next_event`].
+//!   typing, presence diffs, `reconnect` and `refresh_needed` hints, errors
+//!   without a waiting request, the final close) arrives through
+//!   [`Client::next_event`].
 //!
 //! # The application must drain events
 //!
@@ -405,6 +406,10 @@ pub enum Event {
     },
     /// The server asks to reconnect (usually followed by close 4000).
     Reconnect { reason: String, retry_after_ms: u64 },
+    /// The connection's token expires at `exp` (Unix seconds): call
+    /// [`ClientHandle::refresh`] with a fresh token before then, or the
+    /// server closes with 4502.
+    RefreshNeeded { exp: u64 },
     /// An `error` frame no request is waiting for (e.g. for `read`/`delivered`,
     /// or an unsolicited one).
     Error {
@@ -902,6 +907,33 @@ impl ClientHandle {
         }
     }
 
+    /// Replace the connection's JWT with `token` (same user and tenant) and
+    /// return its `exp` (Unix seconds): the server then closes the connection
+    /// at that time instead of the old token's, and sends
+    /// [`Event::RefreshNeeded`] again before it. Rooms the new token does not
+    /// allow were left by the server before this returns: each arrived as an
+    /// [`Event::Error`] with `request` `"refresh"`, code `forbidden` and the
+    /// room (its cursor is dropped). A refused token
+    /// ([`ErrorCode::Unauthorized`], or [`ErrorCode::Forbidden`] for another
+    /// user or tenant) changes nothing: the old token stays in force.
+    pub async fn refresh(&self, token: &str) -> Result<u64, ClientError> {
+        let reply = self
+            .call(self.shared.request_timeout, |id| {
+                Outbound::Text(
+                    ClientFrame::Refresh {
+                        id: Some(id),
+                        token: token.to_owned(),
+                    }
+                    .encode(),
+                )
+            })
+            .await?;
+        match reply {
+            ServerFrame::Refreshed { exp, .. } => Ok(exp),
+            other => Err(unexpected("refreshed", &other)),
+        }
+    }
+
     /// Any request frame: its `id` is replaced by a fresh one and the reply
     /// frame (or error) returned as is. Frames without an id (`hello`,
     /// `typing`, `pong`) are rejected with [`ClientError::Protocol`]; send
@@ -1013,6 +1045,7 @@ fn with_id(frame: ClientFrame, new: u64) -> ClientFrame {
         ClientFrame::Delivered { room, seq, .. } => ClientFrame::Delivered { id, room, seq },
         ClientFrame::Presence { room, .. } => ClientFrame::Presence { id, room },
         ClientFrame::Ping { .. } => ClientFrame::Ping { id },
+        ClientFrame::Refresh { token, .. } => ClientFrame::Refresh { id, token },
         other @ (ClientFrame::Hello { .. } | ClientFrame::Typing { .. } | ClientFrame::Pong {}) => {
             other
         }
@@ -1697,6 +1730,11 @@ impl Task {
                     };
                     self.reply(id, Err(err));
                 } else {
+                    if let (Some("refresh"), Some(room)) = (request.as_deref(), &room) {
+                        // A refresh left a room its new token does not allow.
+                        self.tracker.left(room);
+                        self.emit(Inbound::Forget(room.clone())).await;
+                    }
                     let ev = Event::Error {
                         code,
                         message,
@@ -1751,7 +1789,12 @@ impl Task {
                 }))
                 .await;
             }
+            ServerFrame::RefreshNeeded { exp } => {
+                self.emit(Inbound::Event(Event::RefreshNeeded { exp }))
+                    .await;
+            }
             f @ (ServerFrame::Ack { id: Some(id), .. }
+            | ServerFrame::Refreshed { id: Some(id), .. }
             | ServerFrame::History { id: Some(id), .. }
             | ServerFrame::Presence { id: Some(id), .. }
             | ServerFrame::Pong { id: Some(id) }) => self.reply(id, Ok(f)),
@@ -1841,6 +1884,7 @@ impl Task {
                                 | ServerFrame::History { id, .. }
                                 | ServerFrame::Presence { id, .. }
                                 | ServerFrame::Pong { id }
+                                | ServerFrame::Refreshed { id, .. }
                                 | ServerFrame::Error { id, .. } => *id,
                                 _ => None,
                             };

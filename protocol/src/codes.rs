@@ -146,15 +146,19 @@ pub enum ErrorCode {
     NotOwner,
     /// The server did not complete the request in time: retry with the same `cid`.
     Timeout,
-    /// `hello` sent twice, or another request in the wrong state.
+    /// `hello` sent twice, a `refresh` on a connection not authenticated by a
+    /// JWT, or another request in the wrong state.
     InvalidState,
     /// Unexpected server fault: retry with the same `cid`.
     Internal,
+    /// The token of a `refresh` is invalid or expired; the connection keeps
+    /// its current token.
+    Unauthorized,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidRoom,
@@ -168,6 +172,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidState,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
     ];
 
     /// Whether retrying the same request (same `cid` for sends) can succeed.
@@ -198,6 +203,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }

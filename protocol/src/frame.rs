@@ -187,6 +187,13 @@ pub enum ClientFrame {
     },
     /// Answer to a server `ping`.
     Pong {},
+    /// Replace the connection's JWT with a fresh one for the same user and
+    /// tenant; answered with `refreshed`.
+    Refresh {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        token: String,
+    },
 }
 
 fn default_version() -> u32 {
@@ -212,6 +219,7 @@ impl ClientFrame {
             ClientFrame::Presence { .. } => "presence",
             ClientFrame::Ping { .. } => "ping",
             ClientFrame::Pong {} => "pong",
+            ClientFrame::Refresh { .. } => "refresh",
         }
     }
 
@@ -225,6 +233,7 @@ impl ClientFrame {
             | ClientFrame::Read { id, .. }
             | ClientFrame::Delivered { id, .. }
             | ClientFrame::Presence { id, .. }
+            | ClientFrame::Refresh { id, .. }
             | ClientFrame::Ping { id } => *id,
             ClientFrame::Hello { .. } | ClientFrame::Typing { .. } | ClientFrame::Pong {} => None,
         }
@@ -398,6 +407,10 @@ impl ClientFrame {
             },
             "ping" => ClientFrame::Ping { id },
             "pong" => ClientFrame::Pong {},
+            "refresh" => ClientFrame::Refresh {
+                id,
+                token: flat.token.ok_or_else(|| missing("token"))?,
+            },
             "" => return Err(missing("op")),
             other => {
                 return Err(DecodeError {
@@ -630,6 +643,16 @@ pub enum ServerFrame {
     },
     /// The server asks the client to reconnect (usually followed by a close 4000).
     Reconnect { reason: String, retry_after_ms: u64 },
+    /// Reply to `refresh`: the new token is in force until `exp`.
+    Refreshed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new token's expiry, Unix seconds.
+        exp: u64,
+    },
+    /// The connection's token expires at `exp` (Unix seconds): send `refresh`
+    /// with a fresh one before then, or be closed with 4502.
+    RefreshNeeded { exp: u64 },
 }
 
 impl ServerFrame {
@@ -788,6 +811,10 @@ mod tests {
             },
             ClientFrame::Ping { id: Some(1) },
             ClientFrame::Pong {},
+            ClientFrame::Refresh {
+                id: Some(3),
+                token: "jwt".into(),
+            },
         ];
         for f in frames {
             let text = f.encode();
@@ -815,6 +842,25 @@ mod tests {
         );
         let back = ServerFrame::decode(&text).unwrap();
         assert_eq!(back.encode(), text);
+        for (f, want) in [
+            (
+                ServerFrame::Refreshed {
+                    id: Some(4),
+                    exp: 1_700_000_000,
+                },
+                r#"{"op":"refreshed","id":4,"exp":1700000000}"#,
+            ),
+            (
+                ServerFrame::RefreshNeeded { exp: 1_700_000_000 },
+                r#"{"op":"refresh_needed","exp":1700000000}"#,
+            ),
+        ] {
+            assert_eq!(f.encode(), want);
+            assert_eq!(ServerFrame::decode(want).unwrap().encode(), want);
+        }
+        let e = ClientFrame::decode(r#"{"op":"refresh","id":5}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(5)));
+        assert!(e.message.contains("token"), "{}", e.message);
         let err = ServerFrame::error(ErrorCode::RateLimited, "slow down");
         let text = err.encode();
         assert!(text.contains(r#""retryable":true"#));

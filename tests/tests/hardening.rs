@@ -11,6 +11,7 @@
 //! is bounded; the bounds are generous because the machine is small and other
 //! test binaries run at the same time, but each one is far below what the
 //! behaviour before the fix would take (a connection held forever).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
