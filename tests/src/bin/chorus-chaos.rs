@@ -84,13 +84,15 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let seed = args
-        .seed
-        .unwrap_or(if args.quick { 42 } else { rand::random() });
+    let seed = args.seed.unwrap_or(if args.quick {
+        chaos::QUICK_SEED
+    } else {
+        rand::random()
+    });
     let opts = Options {
         seed,
         duration: args.duration.unwrap_or(if args.quick {
-            Duration::from_secs(100)
+            chaos::QUICK_DURATION
         } else {
             Duration::from_secs(300)
         }),
