@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 6 << 20)]
     burst_bytes: usize,
     /// Quiet seconds after each fault.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = chaos::DEFAULT_SETTLE.as_secs())]
     settle_secs: u64,
     /// Write the JSON report here.
     #[arg(long)]

@@ -571,6 +571,19 @@ impl Harness {
         let id = self.nodes[i].id.clone();
         let room = format!("fresh-{}", self.fresh_rooms);
         self.fresh_rooms += 1;
+        let others: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, a)| a.clone())
+            .collect();
+        // A first message through another node makes that node the room's
+        // writer, so the cut node hears the room only through Redis (a writer
+        // delivers to its own members directly).
+        let (acked, failed) = publish(&self.http, &others, &room, 1).await;
+        self.measured.published.extend(acked);
+        self.measured.publish_failures += failed;
         self.nodes[i].redis_link.set(Fault::Refuse);
         // The node's Redis clients notice the resets.
         self.idle(Duration::from_millis(300)).await;
@@ -591,13 +604,6 @@ impl Harness {
         // Let the refused joins be retried, then write into the room through
         // the other nodes.
         self.idle(Duration::from_secs(1)).await;
-        let others: Vec<String> = self
-            .addrs
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| *k != i)
-            .map(|(_, a)| a.clone())
-            .collect();
         let (acked, failed) = publish(&self.http, &others, &room, 5).await;
         self.measured.published.extend(acked);
         self.measured.publish_failures += failed;
