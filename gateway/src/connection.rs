@@ -648,7 +648,14 @@ impl Conn {
                     replayed = n;
                     recovered &= complete;
                 }
-                Err(ReplayError::Store(e)) => return Err(store_fail(e)),
+                Err(ReplayError::Store(e)) => {
+                    // Like a failed tip read: a refused join leaves nothing
+                    // joined (the retry replays from the same `since`).
+                    if !already {
+                        self.drop_room(&key).await;
+                    }
+                    return Err(store_fail(e));
+                }
                 Err(ReplayError::Socket) => return Ok(()),
             }
         }
