@@ -46,8 +46,10 @@ pub struct Config {
     pub owner_lease_ms: u64,
 
     /// Presence entries expire this long after their node's last refresh,
-    /// milliseconds: a dead node's connections leave presence within it.
-    #[arg(long, env = "CHORUS_PRESENCE_TTL_MS", default_value_t = 10_000)]
+    /// milliseconds: a dead node's connections leave presence within it (4 s
+    /// by default, guarantee 6). Nodes refresh every third of it and announce
+    /// such leaves to the room at their next refresh after the expiry.
+    #[arg(long, env = "CHORUS_PRESENCE_TTL_MS", default_value_t = 4_000)]
     pub presence_ttl_ms: u64,
 
     /// Time a send forwarded to the room's owner may take before it is retried, milliseconds.

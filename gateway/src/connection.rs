@@ -727,9 +727,31 @@ impl Conn {
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| Arc::from(key))
         } else {
-            let (key, first) = node.hub.subscribe(&key, self.handle.clone());
-            if first && let Err(e) = node.broker.subscribe(&key).await {
-                warn!(room = %key, error = %e, "subscribe failed");
+            let (key, _first) = node.hub.subscribe(&key, self.handle.clone());
+            // Every join, not only the room's first here: a join that raced a
+            // failed first one must not ride on a subscription that never
+            // happened. Without the room's feed this connection would hear
+            // nothing from other nodes, so the join fails (retryable) and is
+            // undone rather than succeed deaf.
+            if let Err(e) = node.broker.subscribe(&key).await {
+                warn!(room = %key, error = %e, "subscribe failed; join refused");
+                if node.hub.unsubscribe(&key, self.handle.id) {
+                    // Redis is likely away: answer now rather than after the
+                    // unsubscribe's command timeout. The broker keeps the room
+                    // if a member joins meanwhile.
+                    let (broker, room) = (node.broker.clone(), key.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = broker.unsubscribe(&room).await {
+                            debug!(%room, error = %e, "unsubscribe after a refused join failed");
+                        }
+                    });
+                }
+                return Err(Fail::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "cannot receive room '{room}' now (redis or history unreachable): join again"
+                    ),
+                ));
             }
             self.rooms.insert(
                 key.clone(),
@@ -771,7 +793,14 @@ impl Conn {
                     replayed = n;
                     recovered &= complete;
                 }
-                Err(ReplayError::Store(e)) => return Err(store_fail(e)),
+                Err(ReplayError::Store(e)) => {
+                    // Like a failed tip read: a refused join leaves nothing
+                    // joined (the retry replays from the same `since`).
+                    if !already {
+                        self.drop_room(&key).await;
+                    }
+                    return Err(store_fail(e));
+                }
                 Err(ReplayError::Socket) => return Ok(()),
             }
         }

@@ -12,6 +12,9 @@
 //!   in a network partition where packets are lost, not rejected.
 //! - `HalfOpen`: requests reach the server, replies are swallowed: the client
 //!   sees an open connection that never answers.
+//! - `Refuse`: every open connection is reset (RST) when it is set, and new
+//!   ones are reset as soon as they are accepted, as with a server that is
+//!   down: the client knows at once that it has no connection.
 //!
 //! [`FaultProxy::reset`] aborts every open connection with a TCP RST on both
 //! sides (abrupt reset); new connections are served as usual.
@@ -47,6 +50,8 @@ pub enum Fault {
     Blackhole,
     /// Forward client to server; swallow server to client.
     HalfOpen,
+    /// Reset open connections and every new one.
+    Refuse,
 }
 
 impl Fault {
@@ -58,6 +63,7 @@ impl Fault {
             Fault::Throttle(_) => "throttle",
             Fault::Blackhole => "blackhole",
             Fault::HalfOpen => "half-open",
+            Fault::Refuse => "refuse",
         }
     }
 }
@@ -108,6 +114,11 @@ impl FaultProxy {
             // Ends when the proxy is dropped (the task is aborted) or the
             // listener fails.
             while let Ok((client, _)) = listener.accept().await {
+                if rx.borrow().fault == Fault::Refuse {
+                    // Dropped with a zero linger: the client gets an RST.
+                    let _ = client.set_zero_linger();
+                    continue;
+                }
                 let rx = rx.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
@@ -134,9 +145,15 @@ impl FaultProxy {
         self.target
     }
 
-    /// Put `fault` in force for every connection.
+    /// Put `fault` in force for every connection (`Refuse` also resets the
+    /// open ones).
     pub fn set(&self, fault: Fault) {
-        self.state.send_modify(|s| s.fault = fault);
+        self.state.send_modify(|s| {
+            s.fault = fault;
+            if fault == Fault::Refuse {
+                s.resets += 1;
+            }
+        });
     }
 
     /// The fault in force.
@@ -233,6 +250,9 @@ async fn pump(
                         return Exit::Closed;
                     }
                 }
+                // Set together with a reset (`set`), which ended this
+                // connection already.
+                Fault::Refuse => return Exit::Reset,
                 Fault::HalfOpen if direction == Direction::Down => break,
                 Fault::HalfOpen | Fault::Pass => {
                     if to.write_all(&buf[..n]).await.is_err() {
@@ -365,6 +385,35 @@ mod tests {
         let got = roundtrip(&mut fresh, b"b", Duration::from_secs(5))
             .await
             .expect("new connections pass");
+        assert_eq!(got, b"b");
+    }
+
+    #[tokio::test]
+    async fn refuse_resets_open_and_new_connections_until_lifted() {
+        let proxy = FaultProxy::start(echo().await).await.expect("proxy");
+        let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
+        roundtrip(&mut s, b"a", Duration::from_secs(5))
+            .await
+            .expect("echo");
+        proxy.set(Fault::Refuse);
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the reset arrives");
+        assert!(r.is_err(), "the open connection is reset: {r:?}");
+        let mut refused = TcpStream::connect(proxy.addr()).await.expect("accepted");
+        let r = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf))
+            .await
+            .expect("the reset arrives");
+        assert!(
+            r.is_err() || r.as_ref().is_ok_and(|&n| n == 0),
+            "a new connection ends at once: {r:?}"
+        );
+        proxy.set(Fault::Pass);
+        let mut fresh = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let got = roundtrip(&mut fresh, b"b", Duration::from_secs(5))
+            .await
+            .expect("new connections pass again");
         assert_eq!(got, b"b");
     }
 

@@ -16,6 +16,9 @@
 //! - PostgreSQL stalled: within the send timeout sends just take longer;
 //!   past it they fail retryably (`timeout`), never with an ack, and the
 //!   same-cid retries after the stall store each message once.
+//! - A room's first join on a node cut from Redis: the join either works
+//!   fully or fails with the retryable `unavailable` and is undone; it never
+//!   succeeds deaf (joined, but hearing nothing from the other nodes).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 use chorus_protocol::ErrorCode;
 use chorus_protocol::client::{Client, ClientConfig, ClientError, Event};
 use chorus_tests::StoredMsg as Stored;
-use chorus_tests::cluster::{Cluster, RedisHandle};
+use chorus_tests::cluster::{Cluster, RedisHandle, cluster_flags};
+use chorus_tests::proxy::{Fault, FaultProxy};
 use chorus_tests::services::{PostgresServer, RedisServer};
 use chorus_tests::{API_KEY, GatewayProcess, text, unlimited};
 use fred::prelude::*;
@@ -499,4 +503,133 @@ async fn postgres_stall_shorter_and_longer_than_the_send_timeout() {
         assert!(cids.contains(cid), "{cid} stored");
     }
     receive_all(&mut alice, "st", 1, 9, Duration::from_secs(20)).await;
+}
+
+/// Two nodes on the shared Redis and PostgreSQL; node 1 reaches Redis through
+/// a fault proxy (node 0 directly).
+struct CutCluster {
+    nodes: Vec<GatewayProcess>,
+    link: FaultProxy,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl CutCluster {
+    async fn start() -> CutCluster {
+        let redis = RedisServer::shared();
+        let database_url = PostgresServer::shared().create_database();
+        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let redis_addr = redis
+            .url()
+            .trim_start_matches("redis://")
+            .parse()
+            .expect("redis address");
+        let link = FaultProxy::start(redis_addr).await.expect("proxy");
+        let urls = [redis.url(), format!("redis://{}", link.addr())];
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut f = cluster_flags(url, &database_url, &prefix);
+            f.extend(unlimited(&[]).iter().map(|s| s.to_string()));
+            f.extend(["--node-id".to_string(), format!("n{i}")]);
+            let refs: Vec<&str> = f.iter().map(String::as_str).collect();
+            nodes.push(GatewayProcess::start_in(dir.path(), &refs, None));
+            dirs.push(dir);
+        }
+        CutCluster {
+            nodes,
+            link,
+            _dirs: dirs,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_join_on_a_node_cut_from_redis_is_refused_never_deaf() {
+    let c = CutCluster::start().await;
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    let alice = Client::connect(on(n0, "alice")).await.unwrap();
+    let mut bob = Client::connect(on(n1, "bob")).await.unwrap();
+    // n0 writes the room; n1 has no member in it yet.
+    alice.join("cut", None).await.unwrap();
+    alice
+        .handle()
+        .send_with_retry("cut", "first", text("x"))
+        .await
+        .unwrap();
+
+    // n1 loses Redis (its connections reset, new ones refused), and knows it;
+    // bob's join is the room's first on n1, so n1 must subscribe for it.
+    c.link.set(Fault::Refuse);
+    wait_ready(n1, Duration::from_secs(10), "503 redis", |s, b| {
+        s == 503 && b.contains("redis")
+    })
+    .await;
+    let t = Instant::now();
+    let first = bob.join("cut", None).await;
+    let took = t.elapsed();
+    c.link.set(Fault::Pass);
+    eprintln!("join while cut from redis: {first:?} after {took:?}");
+    let back = Instant::now();
+    wait_ready(n1, Duration::from_secs(15), "200", |s, _| s == 200).await;
+    match first {
+        Ok(_) => {}
+        Err(ClientError::Server {
+            code, retryable, ..
+        }) => {
+            assert_eq!(code, ErrorCode::Unavailable, "a refused join says why");
+            assert!(retryable, "a refused join may be retried");
+            // Undone: the connection is not in the room.
+            let r = bob.handle().send("cut", "early", text("x"), None).await;
+            assert!(
+                matches!(
+                    r,
+                    Err(ClientError::Server {
+                        code: ErrorCode::NotJoined,
+                        ..
+                    })
+                ),
+                "a refused join leaves the connection out of the room: {r:?}"
+            );
+            // The client retries (bounded); with the link back it works.
+            let mut joined = false;
+            for attempt in 0..40 {
+                match bob.join("cut", None).await {
+                    Ok(_) => {
+                        eprintln!("join retried: ok at attempt {}", attempt + 1);
+                        joined = true;
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(e.is_retryable(), "retry {attempt}: {e:?}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            assert!(joined, "the join works again once redis is reachable");
+        }
+        Err(e) => panic!("join while cut from redis: {e:?}"),
+    }
+    // Messages written on n0 from now on reach bob on n1.
+    for i in 0..3 {
+        alice
+            .handle()
+            .send_with_retry("cut", &format!("after{i}"), text("x"))
+            .await
+            .unwrap();
+    }
+    receive_all(&mut bob, "cut", 2, 4, Duration::from_secs(10)).await;
+    eprintln!(
+        "after the cut: bob got seqs 2..=4 {:?} after redis was back",
+        back.elapsed()
+    );
+    // Leaving (n1 unsubscribes) and joining again still works.
+    bob.leave("cut", true).await.unwrap();
+    bob.join("cut", Some(4)).await.unwrap();
+    alice
+        .handle()
+        .send_with_retry("cut", "again", text("x"))
+        .await
+        .unwrap();
+    receive_all(&mut bob, "cut", 5, 5, Duration::from_secs(10)).await;
 }

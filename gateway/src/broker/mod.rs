@@ -45,9 +45,18 @@ pub trait Broker: Send + Sync + 'static {
         except: Option<ConnId>,
     ) -> Result<(), BrokerError>;
 
-    /// This node now has local members in `room`: start receiving it.
+    /// A connection of this node joins `room` (it is in the hub already):
+    /// make sure this node receives the room. Called on every local join, not
+    /// only the first, so it must be cheap when the room is received already.
+    ///
+    /// All or nothing: `Ok` means the room is subscribed and has a delivery
+    /// cursor (every later batch is delivered or its gap filled from history);
+    /// `Err` means neither may be relied on, and the caller undoes its join
+    /// (which unsubscribes once the room has no local member). A join never
+    /// succeeds on a node that cannot hear the room.
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
 
-    /// This node has no local member left in `room`.
+    /// This node has no local member left in `room`. A member that joins
+    /// meanwhile keeps the room received.
     async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError>;
 }

@@ -436,12 +436,26 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        if self.lock().contains_key(room) {
+            return Ok(()); // subscribed, with a cursor
+        }
+        let failed = |e: String| {
+            metrics::counter!("chorus_redis_errors_total", "op" => "subscribe").increment(1);
+            BrokerError(e)
+        };
+        // Redis known to be away: answer at once rather than hold the join
+        // for the command timeout; the client retries.
+        if !self.is_connected() {
+            return Err(failed("redis not connected".into()));
+        }
         self.subscriber
             .subscribe(self.room_channel(room))
             .await
-            .map_err(|e| BrokerError(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         // Everything committed before the subscription is in history: start the
-        // cursor at the tip so a later gap is measured from there.
+        // cursor at the tip so a later gap is measured from there. Without a
+        // cursor, batches of the room are dropped and tip checks skip it, so
+        // a failure here fails the join (the caller unsubscribes).
         let tip = self
             .store
             .tips(&[room.to_owned()])
@@ -458,13 +472,30 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
-        if self.hub.local_members(room) > 0 {
-            return Ok(()); // a member joined meanwhile: stay subscribed
+        {
+            // Checked and removed under the map's lock: a join that finds the
+            // cursor (and so skips subscribing) is in the hub before it looks,
+            // so it is seen here and the room stays subscribed.
+            let mut feeds = self.lock();
+            if self.hub.local_members(room) > 0 {
+                return Ok(()); // a member joined meanwhile: stay subscribed
+            }
+            feeds.remove(room);
         }
-        self.lock().remove(room);
-        self.subscriber
-            .unsubscribe(self.room_channel(room))
+        let channel = self.room_channel(room);
+        let result = self
+            .subscriber
+            .unsubscribe(channel.clone())
             .await
-            .map_err(|e| BrokerError(e.to_string()))
+            .map_err(|e| BrokerError(e.to_string()));
+        // A join that came in after the check subscribed on its own; its
+        // SUBSCRIBE may have reached Redis before this UNSUBSCRIBE. Put the
+        // channel back (subscribing twice is harmless).
+        if self.hub.local_members(room) > 0
+            && let Err(e) = self.subscriber.subscribe(channel).await
+        {
+            warn!(%room, error = %e, "re-subscribing after a racing unsubscribe failed");
+        }
+        result
     }
 }

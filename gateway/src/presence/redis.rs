@@ -51,8 +51,8 @@ use fred::types::scripts::Script;
 use super::{LiveSession, Presence, PresenceEntry, PresenceError, Rejoined, UserDevice};
 
 /// Default entry lifetime without a refresh: a dead node's connections leave
-/// presence within this long.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// presence within this long (`--presence-ttl-ms` has the same default).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(4);
 
 /// Default bound on one Redis round trip: a presence call that takes longer
 /// fails (as retryable) instead of holding up a connection.

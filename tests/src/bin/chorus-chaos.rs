@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 6 << 20)]
     burst_bytes: usize,
     /// Quiet seconds after each fault.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = chaos::DEFAULT_SETTLE.as_secs())]
     settle_secs: u64,
     /// Write the JSON report here.
     #[arg(long)]
@@ -85,13 +85,15 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let seed = args
-        .seed
-        .unwrap_or(if args.quick { 42 } else { rand::random() });
+    let seed = args.seed.unwrap_or(if args.quick {
+        chaos::QUICK_SEED
+    } else {
+        rand::random()
+    });
     let opts = Options {
         seed,
         duration: args.duration.unwrap_or(if args.quick {
-            Duration::from_secs(100)
+            chaos::QUICK_DURATION
         } else {
             Duration::from_secs(300)
         }),

@@ -67,6 +67,13 @@ pub const NODE_FLAGS: &[&str] = &[
     "--database-pool",
     "6",
 ];
+/// How long `--quick` (CI's run) injects faults: long enough for the first
+/// round, every fault kind once, with seed 42.
+pub const QUICK_DURATION: Duration = Duration::from_secs(100);
+/// The quick run's seed.
+pub const QUICK_SEED: u64 = 42;
+/// Quiet time after each fault, unless told otherwise.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_millis(1500);
 const PRESENCE_TTL: Duration = Duration::from_millis(3000);
 const SEND_TIMEOUT: Duration = Duration::from_millis(4000);
@@ -134,6 +141,8 @@ struct Harness {
     rng: StdRng,
     started: Instant,
     stop: watch::Sender<bool>,
+    /// Fresh rooms made so far (`fresh-K`).
+    fresh_rooms: u64,
 }
 
 /// Run the whole thing: start, inject the schedule, heal, check.
@@ -242,6 +251,7 @@ impl Harness {
                 .build()?,
             started: Instant::now(),
             stop,
+            fresh_rooms: 0,
         })
     }
 
@@ -507,6 +517,7 @@ impl Harness {
                 self.idle(step.hold).await;
                 self.nodes[i].redis_link.set(Fault::Pass);
             }
+            FaultKind::FreshJoinCut => self.fresh_join_cut(step).await,
             FaultKind::PostgresPartition => {
                 self.nodes[i].pg_link.set(Fault::Blackhole);
                 self.idle(step.hold).await;
@@ -546,6 +557,56 @@ impl Harness {
             }
             FaultKind::SlowConsumers => self.slow_consumers(step).await,
         }
+    }
+
+    /// Cut a node from Redis (connections reset and refused, so the node
+    /// knows), have up to `amount` of its clients join a room
+    /// nobody is in (so each join is the room's first on that node and must
+    /// subscribe), lift the cut, then publish into the room from another
+    /// node. A join that succeeded without a subscription would miss these
+    /// messages (the checker counts them); a refused one is retried by the
+    /// client until it works.
+    async fn fresh_join_cut(&mut self, step: &Step) {
+        let i = step.node;
+        let id = self.nodes[i].id.clone();
+        let room = format!("fresh-{}", self.fresh_rooms);
+        self.fresh_rooms += 1;
+        let others: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, a)| a.clone())
+            .collect();
+        // A first message through another node makes that node the room's
+        // writer, so the cut node hears the room only through Redis (a writer
+        // delivers to its own members directly).
+        let (acked, failed) = publish(&self.http, &others, &room, 1).await;
+        self.measured.published.extend(acked);
+        self.measured.publish_failures += failed;
+        self.nodes[i].redis_link.set(Fault::Refuse);
+        // The node's Redis clients notice the resets.
+        self.idle(Duration::from_millis(300)).await;
+        let mut joiners = 0;
+        for (tx, log, _) in &self.clients {
+            if joiners >= step.amount {
+                break;
+            }
+            if lock(log).node.as_deref() == Some(id.as_str())
+                && tx.try_send(Command::Join(room.clone())).is_ok()
+            {
+                joiners += 1;
+            }
+        }
+        println!("             {joiners} clients on {id} join {room}");
+        self.idle(step.hold).await;
+        self.nodes[i].redis_link.set(Fault::Pass);
+        // Let the refused joins be retried, then write into the room through
+        // the other nodes.
+        self.idle(Duration::from_secs(1)).await;
+        let (acked, failed) = publish(&self.http, &others, &room, 5).await;
+        self.measured.published.extend(acked);
+        self.measured.publish_failures += failed;
     }
 
     /// Stall a few members of the bulk room and publish a burst into it.
@@ -808,6 +869,58 @@ impl Harness {
             self.idle(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Publish `count` small messages into `room` over HTTP, round-robin over
+/// `addrs`, each retried with its cid until acked (at most 30 tries).
+async fn publish(
+    http: &reqwest::Client,
+    addrs: &[String],
+    room: &str,
+    count: usize,
+) -> (Vec<Acked>, u64) {
+    let mut acked = Vec::new();
+    let mut failed = 0u64;
+    let tag = now_ms();
+    for k in 0..count {
+        let cid = format!("pub-{room}-{tag}-{k}");
+        let mut done = false;
+        for attempt in 0..30usize {
+            let Some(addr) = addrs.get((k + attempt) % addrs.len().max(1)) else {
+                break;
+            };
+            let body = serde_json::json!({
+                "sender": "publisher", "cid": cid,
+                "body": {"u": "publisher", "t": now_ms()},
+            });
+            let r = http
+                .post(format!("http://{addr}/v1/rooms/{room}/messages"))
+                .header("x-api-key", API_KEY)
+                .json(&body)
+                .timeout(Duration::from_secs(8))
+                .send()
+                .await;
+            if let Ok(resp) = r
+                && resp.status() == 200
+                && let Ok(v) = resp.json::<serde_json::Value>().await
+                && let Some(seq) = v["seq"].as_u64()
+            {
+                acked.push(Acked {
+                    room: room.into(),
+                    sender: "publisher".into(),
+                    cid: cid.clone(),
+                    seq,
+                });
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !done {
+            failed += 1;
+        }
+    }
+    (acked, failed)
 }
 
 impl Drop for Harness {

@@ -29,6 +29,10 @@ pub enum FaultKind {
     PostgresStall,
     /// One node's Redis link blackholed for the hold.
     RedisPartition,
+    /// One node's Redis link refused (connections reset) while some of its
+    /// clients join a fresh room (the room's first join there), then messages
+    /// published into it from another node: a join must not succeed deaf.
+    FreshJoinCut,
     /// One node's PostgreSQL link blackholed for the hold.
     PostgresPartition,
     /// One node's Redis and PostgreSQL links get added latency.
@@ -50,7 +54,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Kill9,
         FaultKind::Pause,
         FaultKind::RollingRestart,
@@ -58,6 +62,7 @@ impl FaultKind {
         FaultKind::PostgresRestart,
         FaultKind::PostgresStall,
         FaultKind::RedisPartition,
+        FaultKind::FreshJoinCut,
         FaultKind::PostgresPartition,
         FaultKind::Latency,
         FaultKind::Bandwidth,
@@ -77,6 +82,7 @@ impl FaultKind {
             FaultKind::PostgresRestart => "PostgreSQL restart",
             FaultKind::PostgresStall => "PostgreSQL stall",
             FaultKind::RedisPartition => "node cut from Redis",
+            FaultKind::FreshJoinCut => "fresh room joined while cut",
             FaultKind::PostgresPartition => "node cut from PostgreSQL",
             FaultKind::Latency => "latency on node links",
             FaultKind::Bandwidth => "bandwidth cap on Redis link",
@@ -99,7 +105,7 @@ pub struct Step {
     /// How long the fault lasts.
     pub hold: Duration,
     /// Kind-specific size: latency in ms, bandwidth in bytes/s, percent of
-    /// clients dropped, number of slow consumers.
+    /// clients dropped, number of slow consumers, number of fresh-room joiners.
     pub amount: u64,
 }
 
@@ -164,6 +170,9 @@ fn shape(kind: FaultKind, rng: &mut StdRng, t: Timing) -> (Duration, u64) {
             }
         }
         FaultKind::RedisPartition | FaultKind::PostgresPartition => (ms(2000, 6000, rng), 0),
+        // Longer than the node's Redis command timeout (2 s): subscriptions
+        // queued while the node reconnects fail rather than wait it out.
+        FaultKind::FreshJoinCut => (ms(2500, 4000, rng), rng.random_range(3..=6)),
         FaultKind::Latency => (ms(3000, 5000, rng), rng.random_range(20..=200)),
         FaultKind::Bandwidth => (ms(3000, 5000, rng), rng.random_range(4_000..=32_000)),
         FaultKind::Reset => (Duration::ZERO, 0),
@@ -178,6 +187,8 @@ fn expected_extra(kind: FaultKind, nodes: usize) -> Duration {
     match kind {
         FaultKind::RollingRestart => Duration::from_secs(3 * nodes as u64),
         FaultKind::PostgresRestart => Duration::from_secs(2),
+        // The joins' retries, then the messages published into the room.
+        FaultKind::FreshJoinCut => Duration::from_secs(2),
         _ => Duration::ZERO,
     }
 }
@@ -218,6 +229,22 @@ mod tests {
         for w in steps.windows(2) {
             assert!(w[1].at >= w[0].at + w[0].hold);
         }
+    }
+
+    #[test]
+    fn the_quick_run_covers_every_kind() {
+        let t = Timing {
+            lease: crate::chaos::LEASE,
+            send_timeout: crate::chaos::SEND_TIMEOUT,
+            settle: crate::chaos::DEFAULT_SETTLE,
+        };
+        let steps = build(crate::chaos::QUICK_SEED, crate::chaos::QUICK_DURATION, 3, t);
+        let mut kinds: Vec<FaultKind> = steps.iter().map(|s| s.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds, FaultKind::ALL.to_vec());
+        let end = steps.last().map(|s| s.at + s.hold).unwrap_or_default();
+        eprintln!("quick: {} faults, the last ends at {end:?}", steps.len());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// What the harness tells a client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Command {
     /// Drop the socket abruptly (no close frame), then resume on a random node.
     Drop,
@@ -33,6 +33,9 @@ pub enum Command {
     Stall(Duration),
     /// Send no new messages (pending ones are still retried until acked).
     StopSending,
+    /// Join one more room, from now on one of the client's rooms (joined on
+    /// every later connection; its messages are checked like the others').
+    Join(String),
 }
 
 /// One message a client sent.
@@ -225,6 +228,9 @@ struct State {
     stall_until: Option<Instant>,
     next_receipt: Instant,
     counter: u64,
+    /// Rooms a resume's re-join refused retryably (an `error` event naming
+    /// the room): joined again by the session loop.
+    rejoin: Vec<String>,
 }
 
 async fn run(
@@ -250,6 +256,7 @@ async fn run(
         stall_until: None,
         next_receipt: Instant::now(),
         counter: 0,
+        rejoin: Vec::new(),
     };
     st.next_send = Instant::now() + st.jitter(send_every);
     let mut failures = 0u32;
@@ -275,6 +282,8 @@ async fn run(
                     cmd = commands.recv() => match cmd {
                         None => return,
                         Some(Command::StopSending) => st.sending = false,
+                        // Joined on the next connection.
+                        Some(Command::Join(room)) => st.add_room(room),
                         Some(_) => {}
                     }
                 }
@@ -289,6 +298,15 @@ async fn run(
 }
 
 impl State {
+    /// Make `room` one of this client's rooms (no-op if it is one).
+    fn add_room(&mut self, room: String) {
+        if self.profile.rooms.contains(&room) {
+            return;
+        }
+        self.profile.rooms.push(room.clone());
+        lock(&self.log).rooms.push(room);
+    }
+
     fn jitter(&mut self, mean: Duration) -> Duration {
         mean.mul_f64(self.rng.random_range(0.5..1.5))
     }
@@ -433,6 +451,16 @@ impl State {
                             if self.on_event(ev) {
                                 break SessionEnd::Disconnected;
                             }
+                            if !self.rejoin.is_empty() {
+                                let log = lock(&self.log);
+                                for room in self.rejoin.drain(..) {
+                                    if !to_join.iter().any(|(r, _)| *r == room) {
+                                        let since = log.cursor(&room);
+                                        to_join.push((room, since));
+                                    }
+                                }
+                                join_at = Instant::now() + Duration::from_millis(500);
+                            }
                         }
                         None => {
                             self.note_close(None);
@@ -467,6 +495,12 @@ impl State {
                     }
                     Some(Command::Stall(d)) => self.stall_until = Some(Instant::now() + d),
                     Some(Command::StopSending) => self.sending = false,
+                    Some(Command::Join(room)) => {
+                        if !self.profile.rooms.contains(&room) {
+                            self.add_room(room.clone());
+                            to_join.push((room, None));
+                        }
+                    }
                 },
                 _ = tokio::time::sleep_until(wake) => {}
             }
@@ -631,8 +665,23 @@ impl State {
                     log.unrecovered.insert(j.room.clone());
                 }
             }
-            Event::Error { code, .. } => {
+            Event::Error {
+                code,
+                retryable,
+                request,
+                room,
+                ..
+            } => {
                 *log.errors.entry(code.as_str().to_owned()).or_insert(0) += 1;
+                // A room a resume could not re-join right now: join it again.
+                if retryable
+                    && request.as_deref() == Some("join")
+                    && let Some(room) = room
+                    && self.profile.rooms.contains(&room)
+                    && !self.rejoin.contains(&room)
+                {
+                    self.rejoin.push(room);
+                }
             }
             Event::Closed { code, .. } => {
                 drop(log);
