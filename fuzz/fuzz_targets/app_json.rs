@@ -7,7 +7,9 @@
 //! `float_roundtrip` feature, may read a long decimal 1 ulp off, and then
 //! writes that double) and passes the check again; if serde_json parses it to a
 //! `Value` (so its numbers are finite doubles and its strings have no unpaired
-//! surrogates) no deeper than `MAX_JSON_DEPTH`, the check accepts it; a depth
+//! surrogates) no deeper than `MAX_JSON_DEPTH`, the check accepts it, except
+//! for a number that rounds to infinity, which serde_json's default parser
+//! may read as the largest double (the check is right there); a depth
 //! refusal is only for a value deeper than that. On any text: no panic.
 #![no_main]
 
@@ -42,6 +44,10 @@ fuzz_target!(|data: &[u8]| {
         (Err(JsonRule::Depth), Ok(v)) => {
             assert!(depth(&v) > MAX_JSON_DEPTH, "{text:?} refused for depth {}", depth(&v))
         }
+        // The check is right there: the decimal rounds to infinity (Rust's
+        // parser rounds correctly); serde_json's default parser reads a few
+        // such decimals just past the largest double as that double.
+        (Err(JsonRule::Number(_)), Ok(_)) => {}
         (Err(rule), Ok(v)) => panic!(
             "refused {text:?} ({rule}), which serde_json reads at depth {}",
             depth(&v)
