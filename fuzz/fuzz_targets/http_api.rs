@@ -10,12 +10,12 @@
 //! Asserts: no panic; no 500 (the store is a local SQLite file, so no
 //! internal error is expected); a history page answers JSON whose messages
 //! are in ascending seq order within the requested bounds and no longer than
-//! the limit; a publish answers a seq >= 1. With the `pending` feature also:
-//! every 4xx/5xx under `/v1/` has the API error shape
-//! `{"error":{"code","message"}}`; every body in a page passes
-//! `check_app_json`; and at start the store holds hand-written legacy rows
-//! (room `legacy`: a body with `1e400`, one nested 100 deep) that paging must
-//! survive.
+//! the limit; a publish answers a seq >= 1. With the `pending-http` feature
+//! also: every 4xx/5xx under `/v1/` has the API error shape
+//! `{"error":{"code","message"}}`, and every body in a page passes
+//! `check_app_json`. With `legacy-rows`, the store starts with hand-written
+//! legacy rows (room `legacy`: `1e400`, 100-deep nesting, a lone surrogate)
+//! that paging must survive. `pending` turns on both.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -60,7 +60,7 @@ fn fixture() -> &'static Fixture {
         ])
         .expect("fuzz config");
         let node = rt.block_on(Node::start(cfg)).expect("node starts");
-        #[cfg(feature = "pending")]
+        #[cfg(feature = "legacy-rows")]
         rt.block_on(legacy_rows(&node));
         Fixture {
             router: http::router(node),
@@ -71,9 +71,9 @@ fn fixture() -> &'static Fixture {
 }
 
 /// Rows an earlier version (or a hand edit) may have left in the store.
-#[cfg(feature = "pending")]
+#[cfg(feature = "legacy-rows")]
 async fn legacy_rows(node: &Node) {
-    use chorus_history::{HistoryStore, NewMessage, RoomBatch};
+    use chorus_history::{NewMessage, RoomBatch};
     let room = "legacy";
     let claim = node.store.claim_room(room).await.expect("claim");
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
@@ -141,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
     let what = || format!("{method} {uri} -> {status} {}", String::from_utf8_lossy(&body));
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{}", what());
     let path = uri.path();
-    #[cfg(feature = "pending")]
+    #[cfg(feature = "pending-http")]
     if path.starts_with("/v1/") && (status.is_client_error() || status.is_server_error()) {
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         assert!(
@@ -193,7 +193,7 @@ fn check_page(uri: &Uri, v: &Value, what: &dyn Fn() -> String) {
     if let Some(l) = limit {
         assert!(seqs.len() <= l.max(1) as usize, "limit: {}", what());
     }
-    #[cfg(feature = "pending")]
+    #[cfg(feature = "pending-http")]
     for m in messages {
         let body = serde_json::to_string(&m["body"]).expect("serialises");
         assert_eq!(
