@@ -28,12 +28,23 @@ fuzz_target!(|data: &[u8]| {
     }
     match (verdict, serde_json::from_str::<Value>(text)) {
         (Ok(()), Ok(v)) => {
-            assert!(depth(&v) <= MAX_JSON_DEPTH, "accepted {text:?}, depth {}", depth(&v));
+            assert!(
+                depth(&v) <= MAX_JSON_DEPTH,
+                "accepted {text:?}, depth {}",
+                depth(&v)
+            );
             let out = serde_json::to_string(&v).expect("a Value serialises");
             let back: Value = serde_json::from_str(&out)
                 .unwrap_or_else(|e| panic!("{text:?} re-serialised as {out:?}: {e}"));
-            assert!(close(&back, &v), "round trip of {text:?} through {out:?}: {back:?}");
-            assert_eq!(check_app_json(&out), Ok(()), "re-serialised {text:?} as {out:?}");
+            assert!(
+                close(&back, &v),
+                "round trip of {text:?} through {out:?}: {back:?}"
+            );
+            assert_eq!(
+                check_app_json(&out),
+                Ok(()),
+                "re-serialised {text:?} as {out:?}"
+            );
         }
         // Known gap (fuzz/FINDINGS.md, app_json): a decimal just above the
         // largest double reads as finite in Rust's parser (the check) and
@@ -42,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
             if !cfg!(feature = "pending") && e.to_string().starts_with("number out of range") => {}
         (Ok(()), Err(e)) => panic!("accepted {text:?}, which serde_json refuses: {e}"),
         (Err(JsonRule::Depth), Ok(v)) => {
-            assert!(depth(&v) > MAX_JSON_DEPTH, "{text:?} refused for depth {}", depth(&v))
+            assert!(
+                depth(&v) > MAX_JSON_DEPTH,
+                "{text:?} refused for depth {}",
+                depth(&v)
+            )
         }
         // The check is right there: the decimal rounds to infinity (Rust's
         // parser rounds correctly); serde_json's default parser reads a few
@@ -60,14 +75,20 @@ fuzz_target!(|data: &[u8]| {
 fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             x == y || (x - y).abs() <= 1e-14 * x.abs().max(y.abs())
         }
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|((kx, x), (ky, y))| kx == ky && close(x, y))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((kx, x), (ky, y))| kx == ky && close(x, y))
         }
         _ => a == b,
     }

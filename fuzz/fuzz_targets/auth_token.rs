@@ -61,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(grants[0].is_none(), "{token:?} is a JWT and a resume token");
         let resume = auth.resume_token("fuzz-session", &id);
         let g = auth.verify_resume(&resume).expect("own resume token");
-        assert_eq!((g.session.as_str(), &g.user, &g.tenant), ("fuzz-session", &id.user, &id.tenant));
+        assert_eq!(
+            (g.session.as_str(), &g.user, &g.tenant),
+            ("fuzz-session", &id.user, &id.tenant)
+        );
         // The ACL and namespacing helpers on what the token carried.
         for room in ["general", "dm:a:b", "team-x"] {
             let _ = id.allows(room);

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
                 return;
             };
-            assert_eq!(e.id, obj.get("id").and_then(Value::as_u64), "id of {text:?}");
+            assert_eq!(
+                e.id,
+                obj.get("id").and_then(Value::as_u64),
+                "id of {text:?}"
+            );
             match obj.get("op") {
                 Some(Value::String(op)) => {
                     assert_eq!(e.op.as_deref(), Some(op.as_str()), "op of {text:?}")

@@ -103,7 +103,9 @@ async fn legacy_rows(node: &Node) {
 /// Parse the input format above; `None` when it does not make a request.
 fn request(data: &[u8]) -> Option<Request<Body>> {
     let line_end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
-    let line = data[..line_end].strip_suffix(b"\r").unwrap_or(&data[..line_end]);
+    let line = data[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&data[..line_end]);
     let sp = line.iter().position(|&b| b == b' ')?;
     let method = Method::from_bytes(&line[..sp]).ok()?;
     let uri = Uri::try_from(&line[sp + 1..]).ok()?;
@@ -136,9 +138,17 @@ fuzz_target!(|data: &[u8]| {
     let (status, body) = f.rt.block_on(async {
         let resp = f.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
-        (status, to_bytes(resp.into_body(), usize::MAX).await.expect("body"))
+        (
+            status,
+            to_bytes(resp.into_body(), usize::MAX).await.expect("body"),
+        )
     });
-    let what = || format!("{method} {uri} -> {status} {}", String::from_utf8_lossy(&body));
+    let what = || {
+        format!(
+            "{method} {uri} -> {status} {}",
+            String::from_utf8_lossy(&body)
+        )
+    };
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{}", what());
     let path = uri.path();
     #[cfg(feature = "pending-http")]
@@ -165,7 +175,9 @@ fuzz_target!(|data: &[u8]| {
 
 /// A history page: ascending, within `after`/`before`, at most `limit`.
 fn check_page(uri: &Uri, v: &Value, what: &dyn Fn() -> String) {
-    let messages = v["messages"].as_array().unwrap_or_else(|| panic!("{}", what()));
+    let messages = v["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", what()));
     assert!(v["has_more"].is_boolean(), "{}", what());
     let mut after = None;
     let mut before = None;
@@ -181,7 +193,11 @@ fn check_page(uri: &Uri, v: &Value, what: &dyn Fn() -> String) {
     }
     let seqs: Vec<u64> = messages
         .iter()
-        .map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("seq: {}", what())))
+        .map(|m| {
+            m["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("seq: {}", what()))
+        })
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order: {}", what());
     if let Some(a) = after {
