@@ -115,6 +115,30 @@ fn body_timed_out(e: &axum::extract::rejection::JsonRejection) -> bool {
     false
 }
 
+/// `Path` with the API's error shape on a rejection (a path segment that is
+/// not valid UTF-8, say): `400 bad_request`, never axum's plain text.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+struct ApiPath<T>(T);
+
+/// `Query` with the API's error shape on a rejection (a repeated or
+/// malformed parameter).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+struct ApiQuery<T>(T);
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> ApiError {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
 /// An API error: status, stable code, message.
 pub struct ApiError {
     status: StatusCode,
@@ -182,7 +206,7 @@ struct WsQuery {
 
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
-    Query(q): Query<WsQuery>,
+    ApiQuery(q): ApiQuery<WsQuery>,
     headers: HeaderMap,
     slot: Option<Extension<Slot>>,
     ws: WebSocketUpgrade,
@@ -422,8 +446,8 @@ fn presence_fail(e: crate::presence::PresenceError) -> ApiError {
 
 async fn room_presence(
     State(node): State<Arc<Node>>,
-    Path(room): Path<String>,
-    Query(q): Query<TenantQuery>,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
@@ -453,8 +477,8 @@ async fn user_json(node: &Node, user: &str, key: &str) -> Result<serde_json::Val
 
 async fn user_presence(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
-    Query(q): Query<TenantQuery>,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
@@ -472,7 +496,7 @@ const MAX_QUERY_USERS: usize = 1000;
 
 async fn presence_query(
     State(node): State<Arc<Node>>,
-    Query(q): Query<TenantQuery>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
     body: Result<AxumJson<PresenceQueryBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
@@ -505,7 +529,7 @@ struct PageQuery {
 
 async fn get_messages(
     State(node): State<Arc<Node>>,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<AxumJson<MessagePage>, ApiError> {
@@ -569,8 +593,8 @@ fn app_json(field: &str, raw: &RawValue) -> Result<Json, ApiError> {
 
 async fn post_message(
     State(node): State<Arc<Node>>,
-    Path(room): Path<String>,
-    Query(q): Query<TenantQuery>,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
     body: Result<AxumJson<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {

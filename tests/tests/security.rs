@@ -240,3 +240,27 @@ async fn http_publish_is_limited_per_sender() {
         "another sender has its own bucket"
     );
 }
+
+/// Found by the `http_api` fuzz target: a path or query that axum cannot
+/// extract gets the API's JSON error shape (`400 bad_request`), not plain text.
+#[tokio::test]
+async fn malformed_paths_and_queries_get_the_api_error_shape() {
+    let node = GatewayProcess::start(&[]);
+    let http = reqwest::Client::new();
+    for path in [
+        "/v1/rooms/bad%20room%FF/presence",
+        "/v1/users/alice/presence?tenant=a&tenant=b",
+        "/v1/users/%FF%FE/presence",
+        "/v1/rooms/r/messages?limit=-1",
+    ] {
+        let r = http
+            .get(format!("{}{path}", node.http_url()))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
+}
