@@ -473,7 +473,8 @@ async fn resume_replays_exactly_the_missed_messages_without_presence_flicker() {
     // The default grace is 5 s; a little more keeps the "resume within the
     // grace" premise true on a loaded machine (asserted below).
     const GRACE: Duration = Duration::from_secs(8);
-    let node = GatewayProcess::start(&["--presence-grace-ms", "8000"]);
+    // Bob pumps over a hundred sends: no send limits in the way of the resume.
+    let node = GatewayProcess::start(&unlimited(&["--presence-grace-ms", "8000"]));
     let mut carol = node.connect("carol").await;
     carol.join(ROOM, None).await.unwrap();
     let mut alice = node.connect("alice").await;
