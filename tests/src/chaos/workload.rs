@@ -451,16 +451,7 @@ impl State {
                             if self.on_event(ev) {
                                 break SessionEnd::Disconnected;
                             }
-                            if !self.rejoin.is_empty() {
-                                let log = lock(&self.log);
-                                for room in self.rejoin.drain(..) {
-                                    if !to_join.iter().any(|(r, _)| *r == room) {
-                                        let since = log.cursor(&room);
-                                        to_join.push((room, since));
-                                    }
-                                }
-                                join_at = Instant::now() + Duration::from_millis(500);
-                            }
+                            self.take_rejoins(&mut to_join, &mut join_at);
                         }
                         None => {
                             self.note_close(None);
@@ -471,6 +462,7 @@ impl State {
                 r = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
                     self.on_send_result(r);
+                    self.take_rejoins(&mut to_join, &mut join_at);
                 }
                 r = async { joins.as_mut().expect("guarded").await }, if joins.is_some() => {
                     joins = None;
@@ -559,6 +551,22 @@ impl State {
         self.retry_at = Instant::now();
     }
 
+    /// Queue the rooms to join again (a resume's re-join or a join refused
+    /// retryably, or a send answered `not_joined`), half a second from now.
+    fn take_rejoins(&mut self, to_join: &mut Vec<(String, Option<u64>)>, join_at: &mut Instant) {
+        if self.rejoin.is_empty() {
+            return;
+        }
+        let log = lock(&self.log);
+        for room in self.rejoin.drain(..) {
+            if !to_join.iter().any(|(r, _)| *r == room) {
+                let since = log.cursor(&room);
+                to_join.push((room, since));
+            }
+        }
+        *join_at = Instant::now() + Duration::from_millis(500);
+    }
+
     fn on_send_result(&mut self, r: Result<Ack, ClientError>) {
         let Some(i) = self.pending else { return };
         let mut log = lock(&self.log);
@@ -573,7 +581,23 @@ impl State {
             Err(e) => {
                 let s = &mut log.sends[i];
                 s.last_error = Some(e.to_string());
-                if e.is_retryable() {
+                // The room is not joined on this connection (a resume's or a
+                // join's re-join was refused retryably while this send was
+                // on its way): as an outbox does (PROTOCOL.md 9.2), join it
+                // again and send the same cid once it is joined.
+                let not_joined = matches!(
+                    &e,
+                    ClientError::Server {
+                        code: chorus_protocol::ErrorCode::NotJoined,
+                        ..
+                    }
+                );
+                if not_joined {
+                    s.retryable_errors += 1;
+                    if !self.rejoin.contains(&s.room) {
+                        self.rejoin.push(s.room.clone());
+                    }
+                } else if e.is_retryable() {
                     s.retryable_errors += 1;
                 } else if matches!(e, ClientError::Server { .. }) {
                     // Refused for good: a real client would show an error.
