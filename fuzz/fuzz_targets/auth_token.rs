@@ -20,6 +20,18 @@ const JWT_SECRET: &str = "fuzz-jwt-secret";
 const RESUME_SECRET: &str = "fuzz-resume-secret";
 const AUDIENCE: &str = "chorus-fuzz";
 
+/// `Auth::verify` is async (a JWKS may need a read); without a JWKS it never
+/// waits, so one current-thread runtime drives it.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("fuzz runtime")
+    })
+}
+
 fn auths() -> &'static [Auth; 2] {
     static AUTHS: OnceLock<[Auth; 2]> = OnceLock::new();
     AUTHS.get_or_init(|| {
@@ -50,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let grants = [a.verify_resume(token), b.verify_resume(token)];
     assert_eq!(grants[0], grants[1], "resume token {token:?}");
     for auth in [a, b] {
-        let Ok(id) = auth.verify(token) else {
+        let Ok(id) = runtime().block_on(auth.verify(token)) else {
             continue;
         };
         assert!(valid_user(&id.user), "user of {token:?}: {id:?}");
