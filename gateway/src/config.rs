@@ -408,6 +408,11 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut cfg = Config::try_parse_from(args)?;
+        cfg.allowed_origins = cfg
+            .allowed_origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect();
         cfg.read_secret_files().map_err(|e| {
             clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
         })?;
@@ -618,6 +623,26 @@ impl Config {
             max_replay: self.max_replay,
         }
     }
+}
+
+/// An origin as `scheme://host[:port]`, lower case, without a default port.
+/// Text that is not of that form (`null`) is only lower-cased.
+pub fn normalize_origin(origin: &str) -> String {
+    let o = origin.trim().to_ascii_lowercase();
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return o;
+    };
+    let rest = rest.trim_end_matches('/');
+    let default = match scheme {
+        "http" | "ws" => ":80",
+        "https" | "wss" => ":443",
+        _ => "",
+    };
+    let rest = match rest.strip_suffix(default) {
+        Some(host) if !default.is_empty() && !host.is_empty() => host,
+        _ => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// A CIDR network, or one address as a network of one.

@@ -24,6 +24,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::warn;
 
 use crate::auth::{namespaced, valid_tenant, valid_user};
+use crate::config::normalize_origin;
 use crate::connection::{UpgradeAuth, read_page, serve, to_message};
 use crate::listener::Slot;
 use crate::node::Node;
@@ -269,10 +270,8 @@ fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), &'static str> {
     let allowed = if dev_only {
         own_origin(headers).is_some_and(|own| own == origin)
     } else {
-        node.cfg
-            .allowed_origins
-            .iter()
-            .any(|a| normalize_origin(a) == origin)
+        // Normalised once, at start-up (`Config::from_args`).
+        node.cfg.allowed_origins.contains(&origin)
     };
     if allowed {
         Ok(())
@@ -294,26 +293,6 @@ fn own_origin(headers: &HeaderMap) -> Option<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     local.then(|| normalize_origin(&format!("http://{host}")))
-}
-
-/// An origin as `scheme://host[:port]`, lower case, without a default port.
-/// Text that is not of that form (`null`) is only lower-cased.
-pub fn normalize_origin(origin: &str) -> String {
-    let o = origin.trim().to_ascii_lowercase();
-    let Some((scheme, rest)) = o.split_once("://") else {
-        return o;
-    };
-    let rest = rest.trim_end_matches('/');
-    let default = match scheme {
-        "http" | "ws" => ":80",
-        "https" | "wss" => ":443",
-        _ => "",
-    };
-    let rest = match rest.strip_suffix(default) {
-        Some(host) if !default.is_empty() && !host.is_empty() => host,
-        _ => rest,
-    };
-    format!("{scheme}://{rest}")
 }
 
 /// Bytes read from a socket at a time. tungstenite keeps (and zeroes on every
