@@ -31,6 +31,8 @@ use crate::node::Node;
 use crate::sequencer::{SendError, SendRequest};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
+/// The JavaScript SDK, served byte for byte as it is in the repository.
+pub const SDK_JS: &str = include_str!("../../protocol/js/chorus.js");
 
 /// The whole HTTP surface.
 pub fn router(node: Arc<Node>) -> Router {
@@ -38,6 +40,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/ws", get(ws_upgrade))
+        .route("/sdk/chorus.js", get(sdk_js))
         .route("/healthz", get(|| async { "ok" }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/readyz", get(readyz))
@@ -197,6 +200,18 @@ impl From<StoreError> for ApiError {
 
 async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// `GET /sdk/chorus.js`: the SDK as an ES module (`import { Chorus } from "/sdk/chorus.js"`).
+async fn sdk_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SDK_JS,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -161,6 +161,29 @@ async fn health_readiness_and_demo_page() {
     }
 }
 
+/// Every node serves the JavaScript SDK byte for byte as it is in the repository.
+#[tokio::test]
+async fn the_sdk_is_served_byte_identical_to_the_repository_file() {
+    let node = GatewayProcess::start(&[]);
+    let repo =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/js/chorus.js"))
+            .expect("protocol/js/chorus.js");
+    let r = http()
+        .get(url(&node, "/sdk/chorus.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/javascript"), "content type {ct}");
+    let served = r.bytes().await.unwrap();
+    assert!(
+        served.as_ref() == repo.as_slice(),
+        "/sdk/chorus.js differs from protocol/js/chorus.js"
+    );
+    assert!(String::from_utf8_lossy(&served).contains("export class Chorus"));
+}
+
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_chorus_series_after_traffic() {
     if GatewayProcess::single_node_only(
