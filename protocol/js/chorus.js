@@ -876,6 +876,9 @@ export class Chorus extends Emitter {
       this._started = false;
       this._emit("error", fatal);
       for (const w of this._connectWaiters.splice(0)) w.reject(fatal);
+      for (const c of this._calls.values()) { clearTimeout(c.timer); c.reject(fatal); }
+      this._calls.clear();
+      for (const r of this._rooms.values()) for (const w of r._joinWaiters.splice(0)) w.reject(fatal);
       this._setState("closed");
       return;
     }
@@ -1024,7 +1027,7 @@ export class Chorus extends Emitter {
       w.resolve({ user: f.user, session: f.session, node: f.node, resumed: !!f.resumed });
     }
     // Requests that had not been answered go out again on this connection.
-    for (const c of this._calls.values()) if (c.conn !== this._conn) this._transmit(c);
+    for (const c of [...this._calls.values()]) if (c.conn !== this._conn) this._transmit(c);
     for (const r of this._rooms.values()) {
       if (r.wanted && !this._resuming.has(r.name)) this._sendJoin(r);
     }
