@@ -234,7 +234,7 @@ function toDevices(devices) {
 /**
  * A request waiting for its reply; it is sent again on the next connection if this one ends.
  * @typedef {{frame: any, replyOp: string, resolve: (f: any) => void, reject: (e: ChorusError) => void,
- *   id: number, conn: number, timer?: any}} Call
+ *   id: number, conn: number, once?: boolean, timer?: any}} Call
  */
 
 /** One room of a client: handlers first, then `join()`. */
@@ -684,9 +684,20 @@ export class Chorus extends Emitter {
       if (!this._opts.getToken) throw new ChorusError("invalid_state", "refresh() needs a token or the getToken option");
       token = await this._opts.getToken();
     }
+    const prev = this._token;
+    const prevExp = this._tokenExp;
     this._token = token;
     this._tokenExp = jwtExp(token);
-    const f = await this._call({ op: "refresh", token }, "refreshed", true);
+    let f;
+    try {
+      f = await this._call({ op: "refresh", token }, "refreshed", true);
+    } catch (e) {
+      // Refused by the server (PROTOCOL.md 3.2): the old token stays in force, also for the
+      // next hello. (A timeout or a lost connection keeps the new one: it may well be valid.)
+      const refused = e instanceof ChorusError && !e.retryable && e.code !== "closed";
+      if (refused && this._token === token) { this._token = prev; this._tokenExp = prevExp; }
+      throw e;
+    }
     this._tokenExp = f.exp;
     this._emit("refreshed", f.exp);
     return f.exp;
@@ -869,6 +880,13 @@ export class Chorus extends Emitter {
       if (p.inFlight) { p.inFlight = false; clearTimeout(p.timer); }
     }
     this._joinIds.clear();
+    // `once` requests are not repeated on the next connection: they fail here.
+    for (const [id, c] of [...this._calls]) {
+      if (!c.once || c.conn !== this._conn) continue;
+      this._calls.delete(id);
+      clearTimeout(c.timer);
+      c.reject(new ChorusError("unavailable", "the connection was lost", { retryable: true, request: c.frame.op, room: c.frame.room }));
+    }
     if (this._closedForGood) return;
     const fatal = this._fatalFor(code, reason);
     if (fatal) {
@@ -923,6 +941,9 @@ export class Chorus extends Emitter {
 
   /** Browser `online`/`offline` and page visibility: check the connection at once. */
   _attachEnv() {
+    // connect() after a fatal close attaches again: drop the earlier listeners first.
+    this._detachEnv?.();
+    this._detachEnv = null;
     const g = /** @type {any} */ (globalThis);
     if (typeof g.addEventListener !== "function") return;
     const check = () => this._checkLiveness();
@@ -1237,7 +1258,7 @@ export class Chorus extends Emitter {
     if (this._closedForGood) return Promise.reject(closedError());
     return new Promise((resolve, reject) => {
       /** @type {Call} */
-      const c = { frame, replyOp, resolve, reject, id: 0, conn: -1 };
+      const c = { frame, replyOp, resolve, reject, id: 0, conn: -1, once };
       const ms = timeoutMs ?? this._opts.requestTimeoutMs ?? 15000;
       c.timer = setTimeout(() => {
         this._calls.delete(c.id);
