@@ -470,6 +470,7 @@ export class Room extends Emitter {
 
   /** A message from the wire (replay, live or history): each seq once, in order. @param {Message} m */
   _accept(m) {
+    if (!Number.isSafeInteger(m.seq) || m.seq < 1) return; // not a message of this protocol
     if (this.lastSeq === undefined) this.lastSeq = m.seq - 1;
     if (m.seq <= this.lastSeq) return; // duplicate
     if (m.seq > this.lastSeq + 1) {
@@ -612,6 +613,7 @@ export class Chorus extends Emitter {
     this._reconnectTimer = /** @type {any} */ (undefined);
     this._deadTimer = /** @type {any} */ (undefined);
     this._pumpTimer = /** @type {any} */ (undefined);
+    this._drainTimer = /** @type {any} */ (undefined);
     this._bucket = { tokens: DEFAULT_LIMITS.send_burst, at: Date.now() };
     /** @type {{resolve: (w: any) => void, reject: (e: ChorusError) => void}[]} */
     this._connectWaiters = [];
@@ -715,6 +717,7 @@ export class Chorus extends Emitter {
     clearTimeout(this._reconnectTimer);
     clearTimeout(this._deadTimer);
     clearTimeout(this._pumpTimer);
+    clearTimeout(this._drainTimer);
     this._detachEnv?.();
     this._detachEnv = null;
     const ws = this._ws;
@@ -824,7 +827,13 @@ export class Chorus extends Emitter {
       } catch {
         return;
       }
-      if (f && typeof f === "object") this._onFrame(f);
+      if (!f || typeof f !== "object") return;
+      try {
+        this._onFrame(f);
+      } catch (e) {
+        // A frame of a known op in a shape this SDK does not understand: skip it, keep the connection.
+        this._opts.logger?.warn("chorus: could not handle a frame", f.op, e);
+      }
     };
     ws.onerror = () => {};
     ws.onclose = (/** @type {any} */ ev) => {
@@ -870,8 +879,10 @@ export class Chorus extends Emitter {
     this._ws = null;
     this._online = false;
     this._emit("close", { code, reason });
+    clearTimeout(this._drainTimer);
     for (const r of this._rooms.values()) {
       r.joined = false;
+      r._typingActive = false; // the typing state died with the connection
       clearTimeout(r._readTimer);
       clearTimeout(r._deliveredTimer);
       r._readTimer = r._deliveredTimer = undefined;
@@ -1007,10 +1018,28 @@ export class Chorus extends Emitter {
         return;
       }
       case "presence_diff": this._onPresenceDiff(f); return;
-      case "reconnect": this._retryAfterMs = f.retry_after_ms ?? 500; return;
+      case "reconnect": this._onReconnectFrame(f); return;
       case "refresh_needed": this._onRefreshNeeded(); return;
       default: this._onReply(f);
     }
+  }
+
+  /**
+   * The node is draining (PROTOCOL.md 6.14): send nothing more on this connection (what is
+   * unanswered stays in the outbox and is resent after the reconnect), wait for the close,
+   * and close it ourselves if it does not come.
+   * @param {any} f
+   */
+  _onReconnectFrame(f) {
+    const after = Number(f.retry_after_ms);
+    this._retryAfterMs = Number.isFinite(after) && after >= 0 ? Math.min(after, 60000) : 500;
+    this._online = false;
+    clearTimeout(this._pumpTimer);
+    const ws = this._ws;
+    clearTimeout(this._drainTimer);
+    this._drainTimer = setTimeout(() => {
+      if (this._ws === ws) this._drop(4000, "shutdown");
+    }, 5000);
   }
 
   /** @param {any} f */

@@ -146,6 +146,44 @@ describe("close codes", () => {
     }
   });
 
+  test("after a reconnect frame nothing more is sent on the draining connection; the send goes out after the resume", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    const { room } = await h.join(ws, "general");
+    ws.recv({ op: "reconnect", reason: "shutdown", retry_after_ms: 500 });
+    const sent = room.send({ text: "during the drain" });
+    room.typing(true);
+    room.read(3);
+    await h.advance(300, 10);
+    assert.deepEqual(ws.unread(), [], "no send, typing or read on a draining connection");
+    ws.serverClose(4000, "shutdown");
+    await h.advance(1100, 10);
+    const ws2 = h.server.last;
+    assert.notEqual(ws2, ws);
+    ws2.take("hello");
+    ws2.welcome({ resumed: true, rooms: [{ room: "general", tip: 0, last_read: 0, last_delivered: 0, unread: 0 }] });
+    ws2.recv({ op: "joined", room: "general", tip: 0, last_read: 0, recovered: true, replayed: 0 });
+    await flush();
+    const s = ws2.take("send");
+    assert.deepEqual(s.body, { text: "during the drain" });
+    ws2.recv({ op: "ack", id: s.id, room: "general", cid: s.cid, seq: 1, msg_id: "m1", ts: 1, duplicate: false });
+    assert.equal((await settle(sent)).seq, 1);
+  });
+
+  test("a reconnect frame without the close that should follow: the client closes after 5 s and reconnects", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    ws.recv({ op: "reconnect", reason: "shutdown", retry_after_ms: 500 });
+    await h.advance(4900, 100);
+    assert.equal(h.server.sockets.length, 1);
+    ws.recv({ op: "ping" }); // server frames keep coming: the drain timer is not re-armed by them
+    await h.advance(100, 10);
+    assert.equal(h.client.state, "offline");
+    await h.advance(1600, 10);
+    assert.equal(h.server.sockets.length, 2);
+    assert.equal(h.server.last.take("hello").resume.token, "rt1");
+  });
+
   for (const code of [4001, 4002, 4003, 4004, 4005, 4006, 1000, 1001, 1005, 1006, 1011, 1012, 1013]) {
     test(`${code} reconnects with backoff and resumes`, async (t) => {
       const h = setup(t);
@@ -1120,6 +1158,24 @@ describe("presence, receipts, typing, unread", () => {
     assert.deepEqual(ws.unread(), [{ op: "typing", room: "general", active: true }], "a new start after a stop goes out");
   });
 
+  test("typing: the first start on a new connection goes out at once (the old one's state died with it)", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    const { room } = await h.join(ws, "general");
+    room.typing(true);
+    assert.deepEqual(ws.unread(), [{ op: "typing", room: "general", active: true }]);
+    ws.serverClose(1006, "");
+    await h.advance(50);
+    const ws2 = h.server.last;
+    ws2.take("hello");
+    ws2.welcome({ resumed: false });
+    const j = ws2.take("join");
+    ws2.recv(joined(j, {}));
+    await flush();
+    room.typing(true);
+    assert.deepEqual(ws2.unread(), [{ op: "typing", room: "general", active: true }]);
+  });
+
   test("typing: received indicators expire after 6 s without a repeat; a stop clears at once", async (t) => {
     const h = setup(t);
     const ws = await h.online();
@@ -1392,6 +1448,28 @@ describe("bad input from the server", () => {
     assert.deepEqual(ws.sent.at(-1), { op: "pong" });
     ws.recv(msg("general", 1));
     assert.deepEqual(seen, [1]);
+  });
+
+  test("known ops in shapes the SDK does not expect are skipped; the connection keeps working", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    const room = h.client.room("general");
+    const seen = collect(room);
+    await h.join(ws, "general", { tip: 0 });
+    const odd = [
+      { op: "welcome" }, { op: "welcome", rooms: 5, limits: "x" }, { op: "joined", room: {} },
+      { op: "msg", room: "general" }, { op: "msg", room: "general", seq: "x" }, { op: "ack", id: {} },
+      { op: "error" }, { op: "error", id: null, code: 5 }, { op: "receipt", room: "general", user: 3 },
+      { op: "presence_diff", room: "general", joined: 5, left: "x" }, { op: "typing", room: "general", user: {} },
+      { op: "refresh_needed", expires_at: [] },
+      { op: "history", id: 1, messages: 7 }, { op: "presence", id: 2, users: "x" },
+    ];
+    for (const f of odd) assert.doesNotThrow(() => ws.recv(f), JSON.stringify(f));
+    await flush();
+    ws.recv(msg("general", 1));
+    assert.deepEqual(seen, [1]);
+    ws.recv({ op: "ping" });
+    assert.deepEqual(ws.sent.at(-1), { op: "pong" });
   });
 
   test("a throwing application handler does not break the client (handlerError)", async (t) => {
