@@ -175,14 +175,13 @@ export declare class ChorusError extends Error {
 export declare function memoryStorage(): Storage;
 export declare function localStorageAdapter(ls?: any): Storage;
 
-declare class Emitter<Events extends Record<string, (...args: any[]) => void>> {
+declare class Emitter<Events extends { [K in keyof Events]: (...args: any[]) => void }> {
   /** Subscribe; returns a function that unsubscribes. */
   on<E extends keyof Events & string>(event: E, fn: Events[E]): () => void;
   off<E extends keyof Events & string>(event: E, fn: Events[E]): void;
 }
 
 export interface RoomEvents {
-  [event: string]: (...args: any[]) => void;
   message: (m: Message) => void;
   presence: (presence: Map<string, DeviceInfo[]>) => void;
   typing: (e: Typing) => void;
@@ -193,10 +192,11 @@ export interface RoomEvents {
   error: (e: ChorusError) => void;
   /** Messages from..to no longer exist (deleted by retention): skipped. */
   gap: (g: { from: number; to: number }) => void;
+  /** A handler of this room threw (without a listener here it goes to console.error). */
+  handlerError: (e: unknown, event: string) => void;
 }
 
 export interface ChorusEvents {
-  [event: string]: (...args: any[]) => void;
   state: (s: State) => void;
   welcome: (w: Welcome) => void;
   rooms: (rooms: RoomState[]) => void;

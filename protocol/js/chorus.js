@@ -155,8 +155,8 @@ class Emitter {
         fn(...args);
       } catch (e) {
         // An application handler threw: report it, keep the client's state intact.
-        if (event !== "handlerError") this._emit("handlerError", e, event);
-        else console.error(e);
+        if (event !== "handlerError" && this._handlers.get("handlerError")?.size) this._emit("handlerError", e, event);
+        else console.error(`chorus: a "${event}" handler threw`, e);
       }
     }
   }
@@ -283,6 +283,7 @@ export class Room extends Emitter {
     this._typingSentAt = 0;
     this._typingActive = false;
     /** @type {Map<string, any>} */ this._typerTimers = new Map();
+    this._unreadEmitted = 0;
   }
 
   /** Unread count: the room's tip minus the user's read position. */
@@ -298,7 +299,9 @@ export class Room extends Emitter {
    * @returns {Promise<Joined>}
    */
   join(opts = {}) {
-    if (this.client._closedForGood) return Promise.reject(closedError());
+    if (this.client._closedForGood || this.client._rooms.get(this.name) !== this) {
+      return Promise.reject(closedError(this.name, "join"));
+    }
     if (opts.since !== undefined && this.lastSeq === undefined) {
       this.lastSeq = opts.since;
       this.tip = Math.max(this.tip, opts.since);
@@ -402,18 +405,22 @@ export class Room extends Emitter {
    */
   async leave(opts = {}) {
     this.wanted = false;
+    // Not joined from here on: a join() called before the `left` reply sends a join of its
+    // own, which the server handles after the leave.
+    this.joined = false;
     clearTimeout(this._joinTimer);
-    this.client._rejectSends(this.name, new ChorusError("left", `room '${this.name}' was left`, { room: this.name }));
-    for (const w of this._joinWaiters.splice(0)) w.reject(new ChorusError("left", "left before joined", { room: this.name }));
+    this.client._rejectSends(this.name, new ChorusError("left", `room '${this.name}' was left`));
+    for (const w of this._joinWaiters.splice(0)) w.reject(new ChorusError("left", "left before joined", { room: this.name, request: "join" }));
     /** @type {any} */
     const frame = { op: "leave", room: this.name };
     if (opts.keepMembership) frame.keep_membership = true;
     try {
       await this.client._call(frame, "left");
     } finally {
-      this.joined = false;
-      if (!this.wanted) this._resetLive();
-      if (!opts.keepMembership) this.client._memberships.delete(this.name);
+      if (!this.wanted) {
+        this._resetLive();
+        if (!opts.keepMembership) this.client._memberships.delete(this.name);
+      }
       this.client._emit("rooms", this.client.rooms);
     }
   }
@@ -497,9 +504,10 @@ export class Room extends Emitter {
     if (grew) this.tip = m.seq;
     const client = this.client;
     const own = m.sender === client.user;
-    if (own) client._ownMessage(this, m);
-    if (own && client._opts.readOwnMessages !== false && this.lastRead === m.seq - 1) {
-      // Your own message is not unread for you.
+    const fromHere = own && client._ownMessage(this, m);
+    // What you send from this client marks the room read up to it (you replied: you saw the
+    // room); your messages from other devices are not unread for you when nothing before is.
+    if (own && client._opts.readOwnMessages !== false && (fromHere || this.lastRead === m.seq - 1)) {
       this.read(m.seq);
     }
     this._emit("message", m);
@@ -560,8 +568,15 @@ function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function closedError() {
-  return new ChorusError("closed", "the client was closed");
+/** @param {string} [room] @param {string} [request] */
+function closedError(room, request) {
+  /** @type {{room?: string, request?: string}} */
+  const extra = {};
+  if (room !== undefined) extra.room = room;
+  if (request !== undefined) extra.request = request;
+  return new ChorusError("closed", room !== undefined && request === "join"
+    ? `the client was closed (this Room belongs to it: use client.room("${room}") after connect())`
+    : "the client was closed", extra);
 }
 
 /**
@@ -614,6 +629,8 @@ export class Chorus extends Emitter {
     this._deadTimer = /** @type {any} */ (undefined);
     this._pumpTimer = /** @type {any} */ (undefined);
     this._drainTimer = /** @type {any} */ (undefined);
+    /** @type {Set<string>} "room\ncid" of this client's latest committed sends */
+    this._sentCids = new Set();
     this._bucket = { tokens: DEFAULT_LIMITS.send_burst, at: Date.now() };
     /** @type {{resolve: (w: any) => void, reject: (e: ChorusError) => void}[]} */
     this._connectWaiters = [];
@@ -728,7 +745,7 @@ export class Chorus extends Emitter {
       try { ws.close(1000, "client closed"); } catch { /* already closed */ }
     }
     this._rejectSends(null, err);
-    for (const c of this._calls.values()) { clearTimeout(c.timer); c.reject(err); }
+    for (const c of this._calls.values()) { clearTimeout(c.timer); c.reject(closedError(c.frame.room, c.frame.op)); }
     this._calls.clear();
     this._joinIds.clear();
     for (const w of this._connectWaiters.splice(0)) w.reject(err);
@@ -738,7 +755,7 @@ export class Chorus extends Emitter {
       clearTimeout(r._joinTimer);
       clearTimeout(r._readTimer);
       clearTimeout(r._deliveredTimer);
-      for (const w of r._joinWaiters.splice(0)) w.reject(err);
+      for (const w of r._joinWaiters.splice(0)) w.reject(closedError(r.name, "join"));
       r._resetLive();
     }
     this._rooms.clear();
@@ -1067,6 +1084,7 @@ export class Chorus extends Emitter {
         r.tip = Math.max(r.tip, s.tip);
         r.lastRead = Math.max(r.lastRead, s.last_read);
         r.lastDelivered = Math.max(r.lastDelivered, s.last_delivered);
+        this._unreadChanged(r);
       }
     }
     for (const p of this._outbox) if (p.entry.user == null) p.entry.user = f.user;
@@ -1135,15 +1153,20 @@ export class Chorus extends Emitter {
     r._accept(toMessage(f));
   }
 
-  /** The user's own message arrived: it proves the commit of an outbox entry with its cid. @param {Room} r @param {Message} m */
+  /**
+   * The user's own message arrived: it proves the commit of an outbox entry with its cid.
+   * Returns whether this client sent it.
+   * @param {Room} r @param {Message} m @returns {boolean}
+   */
   _ownMessage(r, m) {
     const i = this._outbox.findIndex((p) => p.entry.room === r.name && p.entry.cid === m.cid);
-    if (i < 0) return;
+    if (i < 0) return this._sentCids.has(`${r.name}\n${m.cid}`);
     const p = this._outbox[i];
     // On the sending connection the ack follows right away; otherwise (a replay after a
     // reconnect) this is the only proof we get without resending.
-    if (p.inFlight && p.conn === this._conn) return;
+    if (p.inFlight && p.conn === this._conn) return true;
     this._settleSend(i, { seq: m.seq, msgId: m.id, ts: m.ts, duplicate: true });
+    return true;
   }
 
   /** @param {any} f */
@@ -1157,6 +1180,9 @@ export class Chorus extends Emitter {
   _settleSend(i, ack) {
     const [p] = this._outbox.splice(i, 1);
     clearTimeout(p.timer);
+    // Remembered (the latest 1,000) so that its msg, if it comes after the ack, is known as ours.
+    this._sentCids.add(`${p.entry.room}\n${p.entry.cid}`);
+    if (this._sentCids.size > 1000) this._sentCids.delete(/** @type {string} */ (this._sentCids.values().next().value));
     this._saveOutbox();
     p.resolve?.(ack);
     this._rooms.get(p.entry.room)?._emit("ack", { cid: p.entry.cid, ...ack });
@@ -1180,12 +1206,14 @@ export class Chorus extends Emitter {
     if (f.request === "refresh" && f.id === undefined && f.room !== undefined) {
       // The new token no longer allows this room: it was left.
       const r = this._rooms.get(f.room);
+      this._memberships.delete(f.room);
       if (r) {
         r.wanted = false;
         r.joined = false;
         this._rejectSends(r.name, err);
         r._emit("error", err);
       }
+      this._emit("rooms", this.rooms);
       return;
     }
     if (f.id !== undefined && this._calls.has(f.id)) {
@@ -1316,7 +1344,10 @@ export class Chorus extends Emitter {
 
   /** @param {Room} room @param {any} body @param {{meta?: any, cid?: string}} opts @returns {Promise<Ack>} */
   _enqueueSend(room, body, opts) {
-    if (this._closedForGood) return Promise.reject(closedError());
+    if (this._closedForGood || this._rooms.get(room.name) !== room) return Promise.reject(closedError(room.name, "send"));
+    if (!room.wanted) {
+      return Promise.reject(new ChorusError("not_joined", `join room '${room.name}' before sending to it`, { request: "send", room: room.name }));
+    }
     if (body === null || body === undefined) {
       return Promise.reject(new ChorusError("bad_request", "body must be a JSON value other than null", { request: "send", room: room.name }));
     }
@@ -1429,7 +1460,11 @@ export class Chorus extends Emitter {
     for (const p of this._outbox) {
       if (room === null || p.entry.room === room) {
         clearTimeout(p.timer);
-        p.reject?.(err);
+        // Each send gets its own error, naming its room and cid.
+        p.reject?.(new ChorusError(err.code, err.message, {
+          retryable: err.retryable, retryAfterMs: err.retryAfterMs, closeCode: err.closeCode,
+          request: "send", room: p.entry.room, cid: p.entry.cid,
+        }));
       } else {
         keep.push(p);
       }
@@ -1478,8 +1513,16 @@ export class Chorus extends Emitter {
       m.lastDelivered = Math.max(m.lastDelivered, r.lastDelivered);
       m.unread = Math.max(0, m.tip - m.lastRead);
     }
-    r._emit("unread", r.unread);
+    this._unreadChanged(r);
     this._emit("rooms", this.rooms);
+  }
+
+  /** Emit `unread` on the room when its count differs from the last one emitted. @param {Room} r */
+  _unreadChanged(r) {
+    const n = r.unread;
+    if (n === r._unreadEmitted) return;
+    r._unreadEmitted = n;
+    r._emit("unread", n);
   }
 }
 

@@ -743,7 +743,8 @@ describe("outbox", () => {
     };
     const h1 = setup(t, { storage, storageKey: "app" });
     await h1.online();
-    const room1 = h1.client.room("general"); // not joined: the sends wait
+    const room1 = h1.client.room("general");
+    room1.join().catch(() => {}); // not answered: the room is wanted but not joined, the sends wait
     room1.send({ n: 1 }).catch(() => {});
     room1.send({ n: 2 }, { meta: { m: true } }).catch(() => {});
     await flush();
@@ -844,6 +845,68 @@ describe("rooms", () => {
     h.server.last.take("hello");
     h.server.last.welcome();
     assert.deepEqual(h.server.last.unread(), [], "not joined again");
+  });
+
+  test("join() right after leave(), before the left reply (a React remount): a join goes out after the leave, and the room works", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    const { room } = await h.join(ws, "general", { tip: 3 });
+    const seen = collect(room);
+    const left = room.leave({ keepMembership: true });
+    const again = room.join();
+    const l = ws.take("leave");
+    const j = ws.take("join");
+    assert.equal(j.since, 3, "the join continues from the last seq");
+    assert.equal(room.joined, false, "not joined until the server says so");
+    ws.recv({ op: "left", id: l.id, room: "general" });
+    await settle(left);
+    ws.recv(joined(j, { tip: 3 }));
+    await settle(again);
+    assert.equal(room.joined, true);
+    assert.equal(room.wanted, true);
+    ws.recv(msg("general", 4));
+    assert.deepEqual(seen, [4]);
+    const sent = room.send("still here");
+    const s = ws.take("send");
+    ws.recv({ op: "ack", id: s.id, room: "general", cid: s.cid, seq: 5, msg_id: "m5", ts: 5, duplicate: false });
+    assert.equal((await settle(sent)).seq, 5);
+    assert.deepEqual(h.client.rooms.map((r) => r.room), ["general"]);
+  });
+
+  test("send() to a room never joined, or left, rejects at once with not_joined (room, request set)", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    await assert.rejects(settle(h.client.room("never").send("x")), (e) => e instanceof ChorusError && e.code === "not_joined" && e.room === "never" && e.request === "send");
+    const { room } = await h.join(ws, "general");
+    const pending = room.send("in flight");
+    ws.take("send");
+    const left = room.leave();
+    await assert.rejects(settle(pending), (e) => e.code === "left" && e.room === "general" && e.request === "send" && typeof e.cid === "string");
+    await assert.rejects(settle(room.send("after")), (e) => e.code === "not_joined");
+    ws.recv({ op: "left", id: ws.take("leave").id, room: "general" });
+    await settle(left);
+    assert.deepEqual(ws.frames("send").length, 1, "only the one sent before the leave");
+    assert.deepEqual(h.client.outbox, []);
+  });
+
+  test("a Room of a closed client rejects join() and send() with closed; client.room() gives a new one", async (t) => {
+    const h = setup(t);
+    const ws = await h.online();
+    const { room } = await h.join(ws, "general");
+    h.client.close();
+    const p = h.client.connect();
+    await flush();
+    h.server.last.take("hello");
+    h.server.last.welcome();
+    await settle(p);
+    await assert.rejects(settle(room.join()), (e) => e.code === "closed" && e.room === "general" && /client\.room/.test(e.message));
+    await assert.rejects(settle(room.send("x")), (e) => e.code === "closed" && e.room === "general");
+    const fresh = h.client.room("general");
+    assert.notEqual(fresh, room);
+    const j = fresh.join();
+    h.server.last.recv(joined(h.server.last.take("join")));
+    await settle(j);
+    assert.equal(fresh.joined, true);
   });
 
   test("leave() sends leave, rejects the room's pending sends with left and ends the membership", async (t) => {
@@ -1127,6 +1190,56 @@ describe("presence, receipts, typing, unread", () => {
     assert.deepEqual(ws.frames("read").map((f) => f.seq), [43, 44]);
   });
 
+  test("unread fires only when the count changes, also at welcome for a room made before it", async (t) => {
+    const h = setup(t);
+    const room = h.client.room("general");
+    const events = [];
+    room.on("unread", (n) => events.push(n));
+    const ws = await h.online({ rooms: [{ room: "general", tip: 9, last_read: 7, last_delivered: 7, unread: 2 }] });
+    assert.deepEqual(events, [2], "the welcome's count");
+    await h.join(ws, "general", { tip: 9, last_read: 7 });
+    ws.recv({ op: "receipt", room: "general", receipts: [{ user: "bob", read: 9, delivered: 9 }] });
+    room.read(5);
+    assert.deepEqual(events, [2], "no change, no event");
+    ws.recv(msg("general", 10));
+    room.read(10);
+    assert.deepEqual(events, [2, 3, 0]);
+  });
+
+  test("a message sent from this client marks the room read up to it, even with unread before it", async (t) => {
+    const h = setup(t);
+    const ws = await h.online({ rooms: [{ room: "general", tip: 5, last_read: 3, last_delivered: 3, unread: 2 }] });
+    const { room } = await h.join(ws, "general", { tip: 5, last_read: 3 });
+    assert.equal(room.unread, 2);
+    const sent = room.send("reply");
+    const s = ws.take("send");
+    ws.recv({ op: "ack", id: s.id, room: "general", cid: s.cid, seq: 6, msg_id: "m6", ts: 6, duplicate: false });
+    await settle(sent);
+    ws.recv(msg("general", 6, { sender: "alice", cid: s.cid })); // the msg after the ack
+    assert.equal(room.unread, 0);
+    assert.equal(room.lastRead, 6);
+    // alice's message from another device does not mark bob's earlier ones read.
+    ws.recv(msg("general", 7));
+    ws.recv(msg("general", 8, { sender: "alice", cid: "from-phone" }));
+    assert.equal(room.unread, 2);
+    await h.advance(300, 10);
+    assert.deepEqual(ws.frames("read").map((f) => f.seq), [6]);
+  });
+
+  test("a handler that throws is reported on the console when nobody listens to handlerError", async (t) => {
+    const h = setup(t);
+    const logged = [];
+    t.mock.method(console, "error", (...a) => logged.push(a));
+    const ws = await h.online();
+    const room = h.client.room("general");
+    room.on("message", () => { throw new Error("app bug"); });
+    await h.join(ws, "general");
+    ws.recv(msg("general", 1));
+    assert.equal(logged.length, 1);
+    assert.match(String(logged[0][0]), /"message" handler threw/);
+    assert.equal(logged[0][1].message, "app bug");
+  });
+
   test("delivered receipts are sent coalesced with autoDelivered", async (t) => {
     const h = setup(t, { autoDelivered: true });
     const ws = await h.online();
@@ -1291,6 +1404,7 @@ describe("token refresh", () => {
     await assert.rejects(settle(pending), (e) => e.code === "forbidden" && e.room === "secret");
     assert.equal(roomErrors.length, 1);
     assert.equal(roomErrors[0].code, "forbidden");
+    assert.deepEqual(h.client.rooms.map((m) => m.room), ["general"], "the membership is gone from client.rooms");
     ws.recv(msg("secret", 5));
     assert.deepEqual(seen, []);
     // Not resumed nor joined again after a reconnect.
