@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use chorus_history::{Position, ReadRange, StoredMessage};
+use chorus_history::{Position, ReadRange};
 use chorus_protocol::{
-    ClientFrame, CloseCode, ErrorCode, Json, Message, PROTOCOL_VERSION, PresenceUser, Resume,
-    RoomState, ServerFrame, valid_room,
+    ClientFrame, CloseCode, ErrorCode, Json, PROTOCOL_VERSION, PresenceUser, Resume, RoomState,
+    ServerFrame, valid_room,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -32,6 +32,7 @@ use crate::node::Node;
 use crate::presence::PresenceEntry;
 use crate::ratelimit::TokenBucket;
 use crate::sequencer::{Acked, SendError, SendRequest, await_ack};
+use crate::wire::{msg_frame, read_page, to_message};
 
 /// Credentials found on the upgrade request.
 #[derive(Debug, Default, Clone)]
@@ -392,7 +393,6 @@ impl Conn {
         if let Err(end) = Box::pin(self.welcome(device, meta, resume)).await {
             return end;
         }
-        let mut shutdown = self.node.shutdown_signal();
         let heartbeat = self.node.cfg.heartbeat();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let kill = self.handle.kill.clone();
@@ -402,7 +402,7 @@ impl Conn {
         // the token timers are re-armed (reset) instead, and polled only
         // while armed.
         let killed = kill.wait();
-        let stopping = crate::node::wait_true(&mut shutdown);
+        let stopping = self.node.shutdown().cancelled_owned();
         let far = tokio::time::Instant::now() + MAX_TIMER;
         let expired = tokio::time::sleep_until(far);
         let hint = tokio::time::sleep_until(far);
@@ -740,7 +740,7 @@ impl Conn {
                     // unsubscribe's command timeout. The broker keeps the room
                     // if a member joins meanwhile.
                     let (broker, room) = (node.broker.clone(), key.clone());
-                    tokio::spawn(async move {
+                    node.shutdown().spawn(async move {
                         if let Err(e) = broker.unsubscribe(&room).await {
                             debug!(%room, error = %e, "unsubscribe after a refused join failed");
                         }
@@ -892,8 +892,7 @@ impl Conn {
                     complete = false;
                 }
                 let seq = m.seq;
-                let text = ServerFrame::Msg(to_message(&public, m)).encode();
-                if self.feed(Utf8Bytes::from(text)).await.is_err() {
+                if self.feed(msg_frame(to_message(&public, m))).await.is_err() {
                     return Err(ReplayError::Socket);
                 }
                 written += 1;
@@ -1533,93 +1532,6 @@ fn fit_presence(users: Vec<PresenceUser>, max_bytes: u64) -> (Vec<PresenceUser>,
         out.push(u);
     }
     (out, false)
-}
-
-/// A stored message as a protocol message named by its public room.
-///
-/// Rows are checked against the application-JSON rules on the way out too: a
-/// row written before the rules existed, or edited by hand, must not make the
-/// room's history unreadable. Such a body is served as `null` (a meta is
-/// dropped), counted in `chorus_history_invalid_rows_total` and logged; the
-/// message keeps its place so that sequence numbers stay gap-free.
-pub fn to_message(room: &str, m: StoredMessage) -> Message {
-    let body = match app_json(room, m.seq, "body", m.body) {
-        Some(body) => body,
-        None => Json::from_value(&serde_json::Value::Null),
-    };
-    let meta = m.meta.and_then(|t| app_json(room, m.seq, "meta", t));
-    Message {
-        room: room.to_owned(),
-        seq: m.seq,
-        id: m.id,
-        sender: m.sender,
-        cid: Some(m.cid),
-        body,
-        meta,
-        ts: m.ts,
-    }
-}
-
-/// Stored application JSON if it still passes the rules; `None` (logged and
-/// counted) if not.
-fn app_json(room: &str, seq: u64, field: &'static str, text: String) -> Option<Json> {
-    let checked = chorus_protocol::check_app_json(&text)
-        .map_err(|rule| rule.to_string())
-        .and_then(|()| Json::from_text(text).map_err(|e| e.to_string()));
-    match checked {
-        Ok(json) => Some(json),
-        Err(why) => {
-            metrics::counter!("chorus_history_invalid_rows_total").increment(1);
-            tracing::error!(room, seq, field, %why, "stored message breaks the JSON rules; served without it");
-            None
-        }
-    }
-}
-
-/// One history page: `after` ascending, `before` the newest below it, neither
-/// the newest of the room. Returns the messages ascending and whether more exist
-/// in the paging direction.
-pub async fn read_page(
-    store: &dyn chorus_history::HistoryStore,
-    key: &str,
-    before: Option<u64>,
-    after: Option<u64>,
-    limit: Option<u32>,
-    max: u64,
-) -> Result<(Vec<StoredMessage>, bool), chorus_history::StoreError> {
-    let limit = limit
-        .unwrap_or(50)
-        .clamp(1, max.min(u32::MAX as u64 - 1) as u32);
-    let range = match (after, before) {
-        (Some(after), _) => ReadRange::After {
-            after,
-            limit: limit + 1,
-        },
-        (None, Some(before)) => ReadRange::Before {
-            before,
-            limit: limit + 1,
-        },
-        (None, None) => ReadRange::Before {
-            before: u64::MAX,
-            limit: limit + 1,
-        },
-    };
-    let mut messages = store.read(key, range).await?;
-    let has_more = messages.len() > limit as usize;
-    if has_more {
-        match range {
-            ReadRange::After { .. } => {
-                messages.truncate(limit as usize);
-            }
-            ReadRange::Before { .. } => {
-                messages.remove(0);
-            }
-        }
-    }
-    if let (Some(after), Some(before)) = (after, before) {
-        messages.retain(|m| m.seq > after && m.seq < before);
-    }
-    Ok((messages, has_more))
 }
 
 #[cfg(test)]

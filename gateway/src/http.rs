@@ -25,10 +25,11 @@ use tracing::warn;
 
 use crate::auth::{namespaced, valid_tenant, valid_user};
 use crate::config::normalize_origin;
-use crate::connection::{UpgradeAuth, read_page, serve, to_message};
+use crate::connection::{UpgradeAuth, serve};
 use crate::listener::Slot;
 use crate::node::Node;
 use crate::sequencer::{SendError, SendRequest};
+use crate::wire::{read_page, to_message};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 /// The JavaScript SDK, served byte for byte as it is in the repository.

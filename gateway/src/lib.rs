@@ -20,6 +20,9 @@
 //!   refetched (rate-limited) when a token names an unknown key id.
 //! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
+//! - `wire`: stored messages as protocol messages and `msg` frames, history pages.
+//! - `shutdown`: the signal every background loop exits on, and the tracker
+//!   of their tasks that the drain waits for.
 
 pub mod auth;
 pub mod broker;
@@ -36,6 +39,8 @@ pub mod presence;
 pub mod ratelimit;
 pub mod router;
 pub mod sequencer;
+pub mod shutdown;
+pub mod wire;
 
 pub use config::Config;
 pub use node::Node;

@@ -41,12 +41,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::shutdown::Shutdown;
 
 /// How long a closing socket keeps reading (and dropping) what the peer
 /// still sends, at most.
@@ -428,14 +428,14 @@ impl AsyncWrite for LingerStream {
     }
 }
 
-/// Serve HTTP/1 (with WebSocket upgrades) on `listener` until `stop` turns
-/// true, then let in-flight requests finish (they are told to close) within
-/// `grace`.
+/// Serve HTTP/1 (with WebSocket upgrades) on `listener` until `stop` begins,
+/// then let in-flight requests finish (they are told to close) within
+/// `grace`. Each HTTP connection's task is started through `stop`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     cfg: &Config,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
     grace: Duration,
 ) {
     let admission = Admission::new(cfg);
@@ -444,8 +444,6 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(cfg.http_header_timeout_ms.max(1)))
         .max_buf_size((cfg.max_header_bytes as usize).max(8192));
-    // Connections in flight, to wait for at the end; each holds a receiver.
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -460,7 +458,7 @@ pub async fn serve(
                 admission.sweep();
                 continue;
             }
-            _ = crate::node::wait_true(&mut stop) => break,
+            _ = stop.cancelled() => break,
         };
         let slot = match admission.admit(peer.ip()) {
             Ok(slot) => slot,
@@ -491,9 +489,8 @@ pub async fn serve(
                 }),
             )
             .with_upgrades();
-        let mut stop = stop.clone();
-        let done = done_tx.clone();
-        tokio::spawn(async move {
+        let stopped = stop.cancelled_owned();
+        stop.spawn(async move {
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -502,19 +499,16 @@ pub async fn serve(
                     }
                 }
                 _ = slot.evicted() => {}
-                _ = crate::node::wait_true(&mut stop) => {
+                _ = stopped => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;
                 }
             }
             drop(slot);
-            drop(done);
         });
     }
     drop(listener);
-    drop(done_tx);
-    // Every task holds a sender: `recv` returns `None` once all have ended.
-    let _ = tokio::time::timeout(grace, done_rx.recv()).await;
+    stop.wait_until(tokio::time::Instant::now() + grace).await;
 }
 
 /// A failed accept. Out of file descriptors, close the oldest pending

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use chorus_gateway::shutdown::Shutdown;
 use chorus_gateway::{Config, Node, http, listener};
 use tracing::{error, info, warn};
 
@@ -79,15 +80,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let app = http::router(node.clone());
     // The listener keeps accepting during the drain (new clients are told to
     // go elsewhere), then stops and lets in-flight HTTP requests finish.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let drain_node = node.clone();
+    let stop = Shutdown::new();
+    let (drain_node, drained) = (node.clone(), stop.clone());
     tokio::spawn(async move {
         shutdown_signal().await;
         drain_node.drain().await;
-        let _ = stop_tx.send(true);
+        drained.begin();
     });
     let grace = std::time::Duration::from_millis(node.cfg.drain_timeout_ms.min(5_000));
-    listener::serve(listener, app, &node.cfg, stop_rx, grace).await;
+    listener::serve(listener, app, &node.cfg, stop, grace).await;
     info!("bye");
     Ok(())
 }

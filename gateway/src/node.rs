@@ -12,7 +12,6 @@ use chorus_history::{
 };
 use chorus_protocol::{CloseCode, Receipt, ServerFrame};
 use dashmap::DashMap;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -28,6 +27,7 @@ use crate::presence::{
 use crate::ratelimit::SendLimits;
 use crate::router::{Forwarder, Router};
 use crate::sequencer::{OnFenced, Sequencer, SequencerConfig};
+use crate::shutdown::Shutdown;
 
 /// What this node knows of a session it holds (a live connection, or one in
 /// its presence grace period). The presence seam has the authoritative state,
@@ -90,7 +90,8 @@ pub struct Node {
     next_conn: AtomicU64,
     connections: AtomicU64,
     draining: AtomicBool,
-    shutdown: watch::Sender<bool>,
+    /// Stops every background task of the node (and tracks them) at the drain.
+    shutdown: Shutdown,
     writer_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -170,7 +171,7 @@ impl Node {
         cluster: Option<ClusterParts>,
     ) -> anyhow::Result<Arc<Node>> {
         let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let on_fenced: Option<OnFenced> = cluster.as_ref().map(|c| {
             let ownership = c.ownership.clone();
             Arc::new(move |room: &str| ownership.invalidate(room)) as OnFenced
@@ -189,7 +190,7 @@ impl Node {
             },
             store.clone(),
             broker.clone(),
-            shutdown_rx.clone(),
+            &shutdown,
         );
         let router = match &cluster {
             None => Router::Local(sequencer.clone()),
@@ -203,10 +204,10 @@ impl Node {
                     cfg.writer_queue,
                     cfg.forward_timeout(),
                     cfg.send_timeout(),
-                    shutdown_rx.clone(),
+                    &shutdown,
                 );
                 c.redis.set_forwarder(f.clone());
-                tokio::spawn(c.redis.clone().run(cfg.tip_poll(), shutdown_rx.clone()));
+                shutdown.spawn(c.redis.clone().run(cfg.tip_poll(), shutdown.clone()));
                 Router::Cluster(f)
             }
         };
@@ -236,12 +237,13 @@ impl Node {
             shutdown,
             writer_task: Mutex::new(Some(writer_task)),
         });
-        tokio::spawn(receipt_loop(node.clone()));
-        tokio::spawn(hot_count_loop(node.clone()));
-        tokio::spawn(retention_loop(node.clone()));
-        tokio::spawn(node.clone().run_presence_heartbeat());
+        let tasks = &node.shutdown;
+        tasks.spawn(receipt_loop(node.clone()));
+        tasks.spawn(hot_count_loop(node.clone()));
+        tasks.spawn(retention_loop(node.clone()));
+        tasks.spawn(node.clone().run_presence_heartbeat());
         if node.cluster.is_some() {
-            tokio::spawn(lease_loop(node.clone()));
+            tasks.spawn(lease_loop(node.clone()));
         }
         Ok(node)
     }
@@ -266,9 +268,10 @@ impl Node {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Resolves when the node starts draining.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+    /// The node's shutdown: begins with the drain; background tasks are
+    /// started through it.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     pub fn is_draining(&self) -> bool {
@@ -475,12 +478,11 @@ impl Node {
     pub fn detach_session(self: &Arc<Self>, session: String, generation: u64, user: String) {
         let node = self.clone();
         let grace = self.cfg.presence_grace();
-        tokio::spawn(async move {
-            let mut shutdown = node.shutdown_signal();
+        self.shutdown.spawn(async move {
             // A draining node still removes presence, without waiting out the grace.
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
-                _ = crate::node::wait_true(&mut shutdown) => {}
+                _ = node.shutdown.cancelled() => {}
             }
             // Stop refreshing first: a heartbeat that already took its snapshot
             // finds the tombstone `expire_if` leaves and does not bring the
@@ -561,11 +563,10 @@ impl Node {
         };
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shutdown = self.shutdown_signal();
         loop {
             tokio::select! {
                 _ = tick.tick() => self.presence_heartbeat().await,
-                _ = crate::node::wait_true(&mut shutdown) => break,
+                _ = self.shutdown.cancelled() => break,
             }
         }
     }
@@ -620,7 +621,7 @@ impl Node {
         }
         info!(connections = self.connections(), "draining");
         self.hub.stop_holding();
-        let _ = self.shutdown.send(true);
+        self.shutdown.begin();
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms);
         while self.connections() > 0 && tokio::time::Instant::now() < deadline {
@@ -640,6 +641,14 @@ impl Node {
         if let Some(c) = &self.cluster {
             // Hand the rooms over at once instead of after the lease expires.
             c.ownership.release_all().await;
+        }
+        // What is left: presence removals of closed sessions, answers to
+        // forwarded sends, loops on their way out.
+        if !self.shutdown.wait_until(deadline).await {
+            warn!(
+                tasks = self.shutdown.running(),
+                "background tasks did not finish before the drain deadline"
+            );
         }
         info!(connections = self.connections(), "drained");
     }
@@ -674,21 +683,14 @@ impl Node {
     }
 }
 
-/// Resolves once the watched flag is true (or its sender is gone). The guard
-/// `wait_for` returns is dropped here, so callers' futures stay `Send`.
-pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|d| *d).await;
-}
-
 /// Broadcast coalesced receipts every `receipt_interval_ms`.
 async fn receipt_loop(node: Arc<Node>) {
     let mut tick =
         tokio::time::interval(Duration::from_millis(node.cfg.receipt_interval_ms.max(1)));
-    let mut shutdown = node.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => node.flush_receipts().await,
-            _ = crate::node::wait_true(&mut shutdown) => break,
+            _ = node.shutdown.cancelled() => break,
         }
     }
 }
@@ -699,11 +701,10 @@ async fn hot_count_loop(node: Arc<Node>) {
         node.cfg.presence_count_interval_ms.max(1),
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = node.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => node.flush_hot_counts().await,
-            _ = crate::node::wait_true(&mut shutdown) => break,
+            _ = node.shutdown.cancelled() => break,
         }
     }
 }
@@ -715,11 +716,10 @@ async fn lease_loop(node: Arc<Node>) {
     };
     let ownership = c.ownership.clone();
     let mut tick = tokio::time::interval(node.cfg.owner_lease() / 3);
-    let mut shutdown = node.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => ownership.renew(Duration::from_secs(60)).await,
-            _ = wait_true(&mut shutdown) => break,
+            _ = node.shutdown.cancelled() => break,
         }
     }
 }
@@ -731,7 +731,6 @@ async fn retention_loop(node: Arc<Node>) {
     }
     let mut tick =
         tokio::time::interval(Duration::from_secs(node.cfg.retention_interval_secs.max(1)));
-    let mut shutdown = node.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => match node.trim_now().await {
@@ -742,7 +741,7 @@ async fn retention_loop(node: Arc<Node>) {
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "retention failed"),
             },
-            _ = crate::node::wait_true(&mut shutdown) => break,
+            _ = node.shutdown.cancelled() => break,
         }
     }
 }

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use chorus_protocol::ErrorCode;
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::ownership::{Owner, Ownership};
 use crate::sequencer::{Acked, Reply, SendError, SendRequest, Sequencer, await_ack};
+use crate::shutdown::Shutdown;
 
 /// Routes sends to their room's writer.
 #[derive(Clone)]
@@ -138,10 +139,12 @@ pub struct Forwarder {
     next_id: AtomicU64,
     forward_timeout: Duration,
     send_timeout: Duration,
+    /// Ends the routing task; tracks the tasks that answer forwards and retry.
+    shutdown: Shutdown,
 }
 
 impl Forwarder {
-    /// Start the routing task; it ends when `shutdown` flips.
+    /// Start the routing task; it ends when `shutdown` begins.
     #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         node: String,
@@ -152,7 +155,7 @@ impl Forwarder {
         queue: usize,
         forward_timeout: Duration,
         send_timeout: Duration,
-        shutdown: watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Arc<Forwarder> {
         let (tx, rx) = mpsc::channel(queue);
         let f = Arc::new(Forwarder {
@@ -166,8 +169,9 @@ impl Forwarder {
             next_id: AtomicU64::new(1),
             forward_timeout,
             send_timeout,
+            shutdown: shutdown.clone(),
         });
-        tokio::spawn(f.clone().run(rx, shutdown));
+        shutdown.spawn(f.clone().run(rx));
         f
     }
 
@@ -198,11 +202,7 @@ impl Forwarder {
         Ok(rx)
     }
 
-    async fn run(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Job>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
         let mut tick =
             tokio::time::interval((self.forward_timeout / 4).max(Duration::from_millis(20)));
         loop {
@@ -212,7 +212,7 @@ impl Forwarder {
                     None => break,
                 },
                 _ = tick.tick() => self.expire(),
-                _ = crate::node::wait_true(&mut shutdown) => break,
+                _ = self.shutdown.cancelled() => break,
             }
         }
         // Draining: what is still queued or in flight fails retryably; clients
@@ -329,7 +329,7 @@ impl Forwarder {
         };
         let this = self.clone();
         let timeout = self.send_timeout;
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             let result = match rx {
                 Ok(rx) => await_ack(rx, timeout).await,
                 Err(e) => Err(e),
@@ -358,7 +358,7 @@ impl Forwarder {
         }
         metrics::counter!("chorus_forward_retries_total").increment(1);
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             tokio::time::sleep(RETRY_PAUSE * job.attempts.min(4)).await;
             if let Err(e) = tx.try_send(job) {
                 let job = match e {

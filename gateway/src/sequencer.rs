@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
-use chorus_protocol::{ErrorCode, Json, Message, ServerFrame};
+use chorus_protocol::{ErrorCode, Json, Message};
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::auth::{now_ms, public_name};
 use crate::broker::Broker;
+use crate::shutdown::Shutdown;
+use crate::wire::msg_frame;
 
 /// A message to sequence (also the body of a send forwarded to a room's owner).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -111,13 +113,13 @@ pub struct SequencerConfig {
 }
 
 impl Sequencer {
-    /// Start the writer. It exits after `shutdown` flips to true and the queue is
+    /// Start the writer. It exits after `shutdown` begins and the queue is
     /// drained (every queued send gets its ack or error), or when every handle is gone.
     pub fn spawn(
         cfg: SequencerConfig,
         store: Arc<dyn HistoryStore>,
         broker: Arc<dyn Broker>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> (Sequencer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue);
         let writer = Writer {
@@ -126,7 +128,7 @@ impl Sequencer {
             broker,
             rooms: HashMap::new(),
         };
-        let task = tokio::spawn(writer.run(rx, shutdown));
+        let task = shutdown.spawn(writer.run(rx, shutdown.clone()));
         (
             Sequencer {
                 tx,
@@ -197,11 +199,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<(SendRequest, Reply)>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<(SendRequest, Reply)>, shutdown: Shutdown) {
         let mut sweep = tokio::time::interval(self.cfg.idle_room.max(Duration::from_secs(1)));
         let mut draining = false;
         loop {
@@ -211,7 +209,7 @@ impl Writer {
                     Some(r) => r,
                     None => break,
                 },
-                _ = shutdown.changed(), if !draining => {
+                _ = shutdown.cancelled(), if !draining => {
                     // Refuse new sends; the loop drains what is queued, then
                     // `recv` returns None and the task ends.
                     draining = true;
@@ -321,7 +319,7 @@ impl Writer {
                         .zip(&reqs)
                         .filter(|((a, _), _)| !a.duplicate)
                         .map(|((a, m), (r, _))| {
-                            let frame = ServerFrame::Msg(Message {
+                            let frame = msg_frame(Message {
                                 room: public.to_owned(),
                                 seq: a.seq,
                                 id: a.id.clone(),
@@ -331,7 +329,7 @@ impl Writer {
                                 meta: r.meta.clone(),
                                 ts: a.ts,
                             });
-                            (a.seq, Utf8Bytes::from(frame.encode()))
+                            (a.seq, frame)
                         })
                         .collect();
                     let broker = self.broker.clone();

@@ -23,17 +23,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, ReadRange};
-use chorus_protocol::ServerFrame;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError};
 use crate::auth::public_name;
-use crate::connection::to_message;
 use crate::hub::{ConnId, Hub, MsgBatch};
 use crate::router::Forwarder;
+use crate::shutdown::Shutdown;
+use crate::wire::{msg_frame, to_message};
 
 /// What this node delivered of a subscribed room.
 struct Feed {
@@ -129,8 +128,8 @@ impl RedisBroker {
     }
 
     /// The receive loop: room batches, ephemeral frames, the inbox, tip checks.
-    /// Ends when `shutdown` flips.
-    pub async fn run(self: Arc<Self>, tip_poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    /// Ends when `shutdown` begins.
+    pub async fn run(self: Arc<Self>, tip_poll: Duration, shutdown: Shutdown) {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
         let mut errors = self.subscriber.error_rx();
@@ -174,7 +173,7 @@ impl RedisBroker {
                     }
                 }
                 _ = tick.tick() => self.check_tips(tip_poll).await,
-                _ = crate::node::wait_true(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
             }
         }
         let _ = self.subscriber.quit().await;
@@ -293,12 +292,7 @@ impl RedisBroker {
             let batch: MsgBatch = page
                 .into_iter()
                 .take_while(|m| m.seq <= to)
-                .map(|m| {
-                    (
-                        m.seq,
-                        Utf8Bytes::from(ServerFrame::Msg(to_message(&public, m)).encode()),
-                    )
-                })
+                .map(|m| (m.seq, msg_frame(to_message(&public, m))))
                 .collect();
             let Some(&(top, _)) = batch.last() else {
                 break; // trimmed: nothing more to fill
