@@ -727,32 +727,19 @@ impl Conn {
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| Arc::from(key))
         } else {
-            let (key, _first) = node.hub.subscribe(&key, self.handle.clone());
             // Every join, not only the room's first here: a join that raced a
             // failed first one must not ride on a subscription that never
             // happened. Without the room's feed this connection would hear
             // nothing from other nodes, so the join fails (retryable) and is
             // undone rather than succeed deaf.
-            if let Err(e) = node.broker.subscribe(&key).await {
-                warn!(room = %key, error = %e, "subscribe failed; join refused");
-                if node.hub.unsubscribe(&key, self.handle.id) {
-                    // Redis is likely away: answer now rather than after the
-                    // unsubscribe's command timeout. The broker keeps the room
-                    // if a member joins meanwhile.
-                    let (broker, room) = (node.broker.clone(), key.clone());
-                    node.shutdown().spawn(async move {
-                        if let Err(e) = broker.unsubscribe(&room).await {
-                            debug!(%room, error = %e, "unsubscribe after a refused join failed");
-                        }
-                    });
-                }
+            let Ok(key) = node.fanout.join(&key, self.handle.clone()).await else {
                 return Err(Fail::new(
                     ErrorCode::Unavailable,
                     format!(
                         "cannot receive room '{room}' now (redis or history unreachable): join again"
                     ),
                 ));
-            }
+            };
             self.rooms.insert(
                 key.clone(),
                 Joined {
@@ -906,14 +893,11 @@ impl Conn {
         }
     }
 
-    /// Forget a room locally (hub, broker subscription, cursor).
+    /// Forget a room locally (this connection's cursor, the hub, and the
+    /// node's subscription if it was the last member here).
     async fn drop_room(&mut self, key: &Arc<str>) {
         self.rooms.remove(key);
-        if self.node.hub.unsubscribe(key, self.handle.id)
-            && let Err(e) = self.node.broker.unsubscribe(key).await
-        {
-            warn!(room = %key, error = %e, "unsubscribe failed");
-        }
+        self.node.fanout.leave(key, self.handle.id).await;
     }
 
     async fn leave(

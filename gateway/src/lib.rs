@@ -2,16 +2,20 @@
 //!
 //! Layout:
 //! - `config`: flags and their `CHORUS_*` environment twins.
-//! - `node`: the shared state of one process (store, hub, broker, presence,
+//! - `node`: the shared state of one process (store, hub, fan-out, presence,
 //!   writer), session presence with its grace period, receipts, the drain.
 //! - `connection`: one WebSocket: handshake, requests, delivery, heartbeats.
 //! - `hub`: local room membership and fan-out into bounded per-connection queues.
+//! - `fanout`: room traffic above the broker: the one local delivery, delivery
+//!   cursors, gap fill from history and tip checks; joining a room (hub and
+//!   subscription together, undone together).
 //! - `sequencer`: the room writer (fenced epochs, group commit, publish, ack).
 //! - `router`: where a send goes (local writer or, in cluster mode, the room's
 //!   owner through its Redis inbox), with retries that stay idempotent.
 //! - `ownership`: room ownership leases in Redis (a routing hint; the store's
 //!   epoch is the fence).
-//! - `broker/`: the fan-out seam (memory; Redis pub/sub with gap recovery).
+//! - `broker/`: the transport seam between nodes and the handler it calls back
+//!   (memory: an in-process bus; Redis pub/sub).
 //! - `presence/`: the presence seam (memory; Redis with expiry).
 //! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
 //! - `listener`: the accept loop: pending-connection bounds, per-IP limits,
@@ -28,6 +32,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod jwks;

@@ -19,6 +19,7 @@ use crate::auth::{Auth, now_ms, public_name};
 use crate::broker::redis::{RedisBroker, command_client};
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
+use crate::fanout::FanOut;
 use crate::hub::{ConnId, FanoutWindow, Hub};
 use crate::ownership::Ownership;
 use crate::presence::{
@@ -68,7 +69,8 @@ pub struct Node {
     pub auth: Auth,
     pub store: Arc<dyn HistoryStore>,
     pub hub: Arc<Hub>,
-    pub broker: Arc<dyn Broker>,
+    /// Room traffic: local delivery, the broker to the other nodes, gap fill.
+    pub fanout: Arc<FanOut>,
     pub presence: Arc<dyn Presence>,
     pub sequencer: Sequencer,
     /// Where sends go: the local writer, or the room's owner in cluster mode.
@@ -120,14 +122,8 @@ impl Node {
                     )
                     .await?,
                 );
-                let (redis, client) = RedisBroker::connect(
-                    &redis_url,
-                    cfg.redis_prefix.clone(),
-                    id.clone(),
-                    hub.clone(),
-                    store.clone(),
-                )
-                .await?;
+                let (redis, client) =
+                    RedisBroker::connect(&redis_url, cfg.redis_prefix.clone(), id.clone()).await?;
                 let presence: Arc<dyn Presence> = Arc::new(RedisPresence::new(
                     command_client(&redis_url).await?,
                     cfg.redis_prefix.clone(),
@@ -153,7 +149,7 @@ impl Node {
             _ => {
                 let store: Arc<dyn HistoryStore> =
                     Arc::new(SqliteStore::open(&cfg.data_dir.join("chorus.db")).await?);
-                let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+                let broker: Arc<dyn Broker> = MemoryBroker::alone(&id);
                 let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
                 Node::assemble(cfg, id, hub, store, broker, presence, None)
             }
@@ -172,6 +168,7 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
         let shutdown = Shutdown::new();
+        let fanout = FanOut::new(hub.clone(), store.clone(), broker.clone(), &shutdown);
         let on_fenced: Option<OnFenced> = cluster.as_ref().map(|c| {
             let ownership = c.ownership.clone();
             Arc::new(move |room: &str| ownership.invalidate(room)) as OnFenced
@@ -189,7 +186,7 @@ impl Node {
                 on_fenced,
             },
             store.clone(),
-            broker.clone(),
+            fanout.clone(),
             &shutdown,
         );
         let router = match &cluster {
@@ -207,10 +204,11 @@ impl Node {
                     &shutdown,
                 );
                 c.redis.set_forwarder(f.clone());
-                shutdown.spawn(c.redis.clone().run(cfg.tip_poll(), shutdown.clone()));
                 Router::Cluster(f)
             }
         };
+        shutdown.spawn(broker.run(fanout.clone(), shutdown.clone()));
+        shutdown.spawn(fanout.clone().run(cfg.tip_poll()));
         let limits = match &cluster {
             Some(c) => SendLimits::redis(&cfg, c.limits_client.clone(), cfg.redis_prefix.clone()),
             None => SendLimits::local(&cfg),
@@ -221,7 +219,7 @@ impl Node {
             auth,
             store,
             hub,
-            broker,
+            fanout,
             presence,
             sequencer,
             router,
@@ -255,9 +253,7 @@ impl Node {
             .ping()
             .await
             .map_err(|e| format!("history: {e}"))?;
-        if let Some(c) = &self.cluster
-            && !c.redis.is_connected()
-        {
+        if self.cluster.is_some() && !self.fanout.broker().is_healthy() {
             return Err("redis: not connected".into());
         }
         Ok(())
@@ -574,7 +570,7 @@ impl Node {
     /// Serialise a frame once and broadcast it to a room on every node.
     pub async fn broadcast(&self, room: &str, frame: &ServerFrame, except: Option<ConnId>) {
         let bytes = Utf8Bytes::from(frame.encode());
-        if let Err(e) = self.broker.broadcast(room, bytes, except).await {
+        if let Err(e) = self.fanout.broadcast(room, bytes, except).await {
             warn!(%room, error = %e, "broadcast failed");
         }
     }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::auth::{now_ms, public_name};
-use crate::broker::Broker;
+use crate::fanout::FanOut;
 use crate::shutdown::Shutdown;
 use crate::wire::msg_frame;
 
@@ -118,14 +118,14 @@ impl Sequencer {
     pub fn spawn(
         cfg: SequencerConfig,
         store: Arc<dyn HistoryStore>,
-        broker: Arc<dyn Broker>,
+        fanout: Arc<FanOut>,
         shutdown: &Shutdown,
     ) -> (Sequencer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue);
         let writer = Writer {
             cfg: cfg.clone(),
             store,
-            broker,
+            fanout,
             rooms: HashMap::new(),
         };
         let task = shutdown.spawn(writer.run(rx, shutdown.clone()));
@@ -193,7 +193,8 @@ struct Owned {
 struct Writer {
     cfg: SequencerConfig,
     store: Arc<dyn HistoryStore>,
-    broker: Arc<dyn Broker>,
+    /// Delivers committed batches here and publishes them to the other nodes.
+    fanout: Arc<FanOut>,
     /// Rooms this node is the fenced writer of.
     rooms: HashMap<String, Owned>,
 }
@@ -332,14 +333,14 @@ impl Writer {
                             (a.seq, frame)
                         })
                         .collect();
-                    let broker = self.broker.clone();
+                    let fanout = self.fanout.clone();
                     jobs.push(async move {
                         if let Some(&(last, _)) = frames.last() {
                             let first = frames[0].0;
-                            let fanout = Instant::now();
-                            let published = broker.publish(&room, first, last, frames).await;
+                            let publishing = Instant::now();
+                            let published = fanout.publish(&room, first, last, frames).await;
                             metrics::histogram!("chorus_fanout_seconds")
-                                .record(fanout.elapsed().as_secs_f64());
+                                .record(publishing.elapsed().as_secs_f64());
                             if let Err(e) = published {
                                 // Committed is what counts: receivers find the gap by
                                 // seq and fill it from history.
