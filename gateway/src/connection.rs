@@ -31,7 +31,7 @@ use crate::listener::Slot;
 use crate::node::Node;
 use crate::presence::PresenceEntry;
 use crate::ratelimit::TokenBucket;
-use crate::sequencer::{Acked, SendError, SendRequest, await_ack};
+use crate::send::{Acked, SendError, SendRequest, await_ack};
 use crate::wire::{msg_frame, read_page, to_message};
 
 /// Credentials found on the upgrade request.

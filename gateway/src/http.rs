@@ -28,7 +28,7 @@ use crate::config::normalize_origin;
 use crate::connection::{UpgradeAuth, serve};
 use crate::listener::Slot;
 use crate::node::Node;
-use crate::sequencer::{SendError, SendRequest};
+use crate::send::{SendError, SendRequest};
 use crate::wire::{read_page, to_message};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");

@@ -10,8 +10,11 @@
 //!   cursors, gap fill from history and tip checks; joining a room (hub and
 //!   subscription together, undone together).
 //! - `sequencer`: the room writer (fenced epochs, group commit, publish, ack).
+//! - `send`: a send to sequence, its ack, and why it was not acked.
 //! - `router`: where a send goes (local writer or, in cluster mode, the room's
-//!   owner through its Redis inbox), with retries that stay idempotent.
+//!   owner through its inbox), with retries that stay idempotent.
+//! - `inbox`: the node-to-node inbox seam (forwarded sends and their answers)
+//!   and its wire format; the Redis broker carries it.
 //! - `ownership`: room ownership leases in Redis (a routing hint; the store's
 //!   epoch is the fence).
 //! - `broker/`: the transport seam between nodes and the handler it calls back
@@ -35,6 +38,7 @@ pub mod connection;
 pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod jwks;
 pub mod listener;
 pub mod metrics;
@@ -43,6 +47,7 @@ pub mod ownership;
 pub mod presence;
 pub mod ratelimit;
 pub mod router;
+pub mod send;
 pub mod sequencer;
 pub mod shutdown;
 pub mod wire;

@@ -21,6 +21,7 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::fanout::FanOut;
 use crate::hub::{ConnId, FanoutWindow, Hub};
+use crate::inbox::{Inbox, InboxHandler};
 use crate::ownership::Ownership;
 use crate::presence::{
     LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,
@@ -50,10 +51,9 @@ struct SessionSlot {
 
 /// The cluster-mode parts of a node.
 pub struct ClusterParts {
-    pub redis: Arc<RedisBroker>,
+    /// Other nodes' inboxes (the Redis broker): where sends are forwarded.
+    pub inbox: Arc<dyn Inbox>,
     pub ownership: Arc<Ownership>,
-    /// Redis command client (ownership, forwards).
-    pub client: fred::prelude::Client,
     /// Rooms the writer must re-claim (shared with `ownership`).
     pub reclaim: Arc<DashMap<String, ()>>,
     /// Redis command client of the send limits: a connection of its own, so a
@@ -131,16 +131,15 @@ impl Node {
                 ));
                 let reclaim = Arc::new(DashMap::new());
                 let ownership = Arc::new(Ownership::new(
-                    client.clone(),
+                    client,
                     cfg.redis_prefix.clone(),
                     id.clone(),
                     cfg.owner_lease(),
                     reclaim.clone(),
                 ));
                 let cluster = ClusterParts {
-                    redis: redis.clone(),
+                    inbox: redis.clone(),
                     ownership,
-                    client,
                     reclaim,
                     limits_client: command_client(&redis_url).await?,
                 };
@@ -189,13 +188,12 @@ impl Node {
             fanout.clone(),
             &shutdown,
         );
-        let router = match &cluster {
-            None => Router::Local(sequencer.clone()),
+        let (router, inbox) = match &cluster {
+            None => (Router::Local(sequencer.clone()), None),
             Some(c) => {
                 let f = Forwarder::spawn(
                     id.clone(),
-                    cfg.redis_prefix.clone(),
-                    c.client.clone(),
+                    c.inbox.clone(),
                     c.ownership.clone(),
                     sequencer.clone(),
                     cfg.writer_queue,
@@ -203,11 +201,11 @@ impl Node {
                     cfg.send_timeout(),
                     &shutdown,
                 );
-                c.redis.set_forwarder(f.clone());
-                Router::Cluster(f)
+                let inbox: Arc<dyn InboxHandler> = f.clone();
+                (Router::Cluster(f), Some(inbox))
             }
         };
-        shutdown.spawn(broker.run(fanout.clone(), shutdown.clone()));
+        shutdown.spawn(broker.run(fanout.clone(), inbox, shutdown.clone()));
         shutdown.spawn(fanout.clone().run(cfg.tip_poll()));
         let limits = match &cluster {
             Some(c) => SendLimits::redis(&cfg, c.limits_client.clone(), cfg.redis_prefix.clone()),

@@ -3,7 +3,7 @@
 //! Embedded mode: straight to the local writer. Cluster mode: one routing task
 //! per node takes sends in submission order (so one connection's pipelined sends
 //! keep their order), finds each room's owner (`ownership`), and either queues
-//! the send on the local writer or forwards it to the owner's inbox channel.
+//! the send on the local writer or forwards it to the owner's inbox (`inbox`).
 //! The owner sequences it and answers on this node's inbox; a forward that gets
 //! `not_owner` or no answer in time is routed again (same `cid`, so a send that
 //! did commit is acked as the original, never stored twice).
@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chorus_protocol::ErrorCode;
-use fred::prelude::*;
-use serde::{Deserialize, Serialize};
+use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::inbox::{Inbox, InboxHandler, InboxMessage};
 use crate::ownership::{Owner, Ownership};
-use crate::sequencer::{Acked, Reply, SendError, SendRequest, Sequencer, await_ack};
+use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
+use crate::sequencer::Sequencer;
 use crate::shutdown::Shutdown;
 
 /// Routes sends to their room's writer.
@@ -65,72 +65,18 @@ struct InFlight {
     sent: Instant,
 }
 
-/// The answer an owner sends back for a forwarded send.
-#[derive(Debug, Serialize, Deserialize)]
-enum ForwardReply {
-    Ok {
-        seq: u64,
-        id: String,
-        ts: i64,
-        duplicate: bool,
-    },
-    Err {
-        code: ErrorCode,
-        message: String,
-    },
-}
-
-impl From<Result<Acked, SendError>> for ForwardReply {
-    fn from(r: Result<Acked, SendError>) -> ForwardReply {
-        match r {
-            Ok(a) => ForwardReply::Ok {
-                seq: a.seq,
-                id: a.id,
-                ts: a.ts,
-                duplicate: a.duplicate,
-            },
-            Err(e) => ForwardReply::Err {
-                code: e.code(),
-                message: e.to_string(),
-            },
-        }
-    }
-}
-
-impl From<ForwardReply> for Result<Acked, SendError> {
-    fn from(r: ForwardReply) -> Result<Acked, SendError> {
-        match r {
-            ForwardReply::Ok {
-                seq,
-                id,
-                ts,
-                duplicate,
-            } => Ok(Acked {
-                seq,
-                id,
-                ts,
-                duplicate,
-            }),
-            ForwardReply::Err { code, message } => Err(match code {
-                ErrorCode::NotOwner => SendError::NotOwner,
-                ErrorCode::Timeout => SendError::Timeout,
-                ErrorCode::Unavailable => SendError::Unavailable(message),
-                _ => SendError::Internal(message),
-            }),
-        }
-    }
-}
-
 /// Pause before routing a failed forward again: the owner's lease may need to
 /// expire before another node can take the room.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 
 /// The cluster router of one node.
 pub struct Forwarder {
+    /// The routing task's queue.
     tx: mpsc::Sender<Job>,
+    /// This node's id: where owners send their answers.
     node: String,
-    prefix: String,
-    client: Client,
+    /// Posts forwards and answers to other nodes' inboxes.
+    inbox: Arc<dyn Inbox>,
     ownership: Arc<Ownership>,
     sequencer: Sequencer,
     /// Forward id -> the send waiting for its owner's answer. A std Mutex: held
@@ -148,8 +94,7 @@ impl Forwarder {
     #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         node: String,
-        prefix: String,
-        client: Client,
+        inbox: Arc<dyn Inbox>,
         ownership: Arc<Ownership>,
         sequencer: Sequencer,
         queue: usize,
@@ -161,8 +106,7 @@ impl Forwarder {
         let f = Arc::new(Forwarder {
             tx,
             node,
-            prefix,
-            client,
+            inbox,
             ownership,
             sequencer,
             in_flight: Mutex::new(HashMap::new()),
@@ -173,11 +117,6 @@ impl Forwarder {
         });
         shutdown.spawn(f.clone().run(rx));
         f
-    }
-
-    /// A node's inbox channel.
-    pub fn inbox(prefix: &str, node: &str) -> String {
-        format!("{prefix}n:{node}")
     }
 
     fn submit(
@@ -236,7 +175,7 @@ impl Forwarder {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn route(self: &Arc<Self>, job: Job) {
+    async fn route(&self, job: Job) {
         let room = job.req.room.clone();
         match self.ownership.resolve(&room).await {
             Ok(Owner::Me) => {
@@ -254,16 +193,15 @@ impl Forwarder {
         }
     }
 
-    async fn forward(self: &Arc<Self>, node: String, job: Job) {
+    async fn forward(&self, node: String, job: Job) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = match serde_json::to_string(&job.req) {
-            Ok(b) => b,
+        let message = match InboxMessage::forward(id, &self.node, &job.req) {
+            Ok(m) => m,
             Err(e) => {
                 let _ = job.reply.send(Err(SendError::Internal(e.to_string())));
                 return;
             }
         };
-        let payload = format!("F {id} {}\n{body}", self.node);
         let room = job.req.room.clone();
         self.lock().insert(
             id,
@@ -273,14 +211,10 @@ impl Forwarder {
             },
         );
         metrics::counter!("chorus_forwards_total").increment(1);
-        let receivers: Result<i64, Error> = self
-            .client
-            .publish(Forwarder::inbox(&self.prefix, &node), payload)
-            .await;
-        let failed = match receivers {
-            Ok(0) => Some(format!("owner {node} is not listening")),
-            Ok(_) => None,
-            Err(e) => Some(format!("redis: {e}")),
+        let failed = match self.inbox.post(&node, message).await {
+            Ok(false) => Some(format!("owner {node} is not listening")),
+            Ok(true) => None,
+            Err(e) => Some(e.to_string()),
         };
         if let Some(why) = failed {
             debug!(%room, %node, %why, "forward not delivered");
@@ -292,13 +226,9 @@ impl Forwarder {
     }
 
     /// An owner answered a forward (from the inbox).
-    pub fn on_reply(self: &Arc<Self>, id: u64, reply: &str) {
+    fn on_answer(&self, id: u64, result: Result<Acked, SendError>) {
         let Some(f) = self.lock().remove(&id) else {
             return; // answered after it was retried: the retry decides
-        };
-        let result: Result<Acked, SendError> = match serde_json::from_str::<ForwardReply>(reply) {
-            Ok(r) => r.into(),
-            Err(e) => Err(SendError::Internal(format!("bad forward reply: {e}"))),
         };
         match result {
             Err(SendError::NotOwner) => {
@@ -313,36 +243,20 @@ impl Forwarder {
 
     /// A send forwarded to this node (from the inbox): sequence it if this node
     /// owns the room, and answer the sender's node.
-    pub async fn on_forward(self: &Arc<Self>, id: u64, from: String, body: &str) {
-        let req: SendRequest = match serde_json::from_str(body) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "undecodable forward");
-                return;
-            }
-        };
+    async fn on_forward(&self, id: u64, from: String, req: SendRequest) {
         let owner = self.ownership.resolve(&req.room).await;
         let rx = match owner {
             Ok(Owner::Me) => self.sequencer.enqueue(req),
             Ok(Owner::Other(_)) => Err(SendError::NotOwner),
             Err(e) => Err(SendError::Unavailable(format!("redis: {e}"))),
         };
-        let this = self.clone();
-        let timeout = self.send_timeout;
+        let (inbox, timeout) = (self.inbox.clone(), self.send_timeout);
         self.shutdown.spawn(async move {
             let result = match rx {
                 Ok(rx) => await_ack(rx, timeout).await,
                 Err(e) => Err(e),
             };
-            let reply = serde_json::to_string(&ForwardReply::from(result)).unwrap_or_default();
-            let sent: Result<i64, Error> = this
-                .client
-                .publish(
-                    Forwarder::inbox(&this.prefix, &from),
-                    format!("A {id}\n{reply}"),
-                )
-                .await;
-            if let Err(e) = sent {
+            if let Err(e) = inbox.post(&from, InboxMessage::answer(id, result)).await {
                 // The sender's node retries after its forward timeout.
                 debug!(error = %e, "answering a forward failed");
             }
@@ -350,7 +264,7 @@ impl Forwarder {
     }
 
     /// Route a failed forward again after a pause, until its deadline.
-    fn retry(self: &Arc<Self>, mut job: Job, why: SendError) {
+    fn retry(&self, mut job: Job, why: SendError) {
         job.attempts += 1;
         if Instant::now() + RETRY_PAUSE >= job.deadline {
             let _ = job.reply.send(Err(why));
@@ -370,7 +284,7 @@ impl Forwarder {
     }
 
     /// Forwards unanswered for `forward_timeout` are routed again.
-    fn expire(self: &Arc<Self>) {
+    fn expire(&self) {
         let late: Vec<InFlight> = {
             let mut map = self.lock();
             let ids: Vec<u64> = map
@@ -383,6 +297,16 @@ impl Forwarder {
         for f in late {
             self.ownership.invalidate(&f.job.req.room);
             self.retry(f.job, SendError::Timeout);
+        }
+    }
+}
+
+#[async_trait]
+impl InboxHandler for Forwarder {
+    async fn on_inbox(&self, message: InboxMessage) {
+        match message {
+            InboxMessage::Forward { id, from, req } => self.on_forward(id, from, req).await,
+            InboxMessage::Answer { id, result } => self.on_answer(id, result),
         }
     }
 }

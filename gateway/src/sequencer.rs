@@ -17,75 +17,19 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
-use chorus_protocol::{ErrorCode, Json, Message};
+use chorus_protocol::Message;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::auth::{now_ms, public_name};
 use crate::fanout::FanOut;
+use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
 use crate::shutdown::Shutdown;
 use crate::wire::msg_frame;
 
-/// A message to sequence (also the body of a send forwarded to a room's owner).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SendRequest {
-    /// Tenant-namespaced room key.
-    pub room: String,
-    /// Public user id of the sender (or the API publisher's name).
-    pub sender: String,
-    pub cid: String,
-    pub body: Json,
-    pub meta: Option<Json>,
-}
-
-/// A committed send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Acked {
-    pub seq: u64,
-    pub id: String,
-    pub ts: i64,
-    pub duplicate: bool,
-}
-
-/// Why a send was not acked. Every variant is safe to retry with the same cid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    #[error("history unavailable: {0}")]
-    Unavailable(String),
-    #[error("room writer changed; retry")]
-    NotOwner,
-    #[error("send not committed in time")]
-    Timeout,
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl SendError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            SendError::Unavailable(_) => ErrorCode::Unavailable,
-            SendError::NotOwner => ErrorCode::NotOwner,
-            SendError::Timeout => ErrorCode::Timeout,
-            SendError::Internal(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-impl From<StoreError> for SendError {
-    fn from(e: StoreError) -> SendError {
-        match e {
-            StoreError::Unavailable(m) => SendError::Unavailable(m),
-            StoreError::Internal(m) => SendError::Internal(m),
-        }
-    }
-}
-
 /// Told the room of a fenced batch (cluster mode: forget the room's owner).
 pub type OnFenced = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// Where a send's outcome goes.
-pub type Reply = oneshot::Sender<Result<Acked, SendError>>;
 
 /// Handle to the writer task.
 #[derive(Clone)]
@@ -173,18 +117,6 @@ impl Sequencer {
 }
 
 /// Writer state of one owned room.
-/// Wait for a queued send's ack, at most `timeout`.
-pub async fn await_ack(
-    rx: oneshot::Receiver<Result<Acked, SendError>>,
-    timeout: Duration,
-) -> Result<Acked, SendError> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(SendError::Unavailable("writer stopped".into())),
-        Err(_) => Err(SendError::Timeout),
-    }
-}
-
 struct Owned {
     epoch: u64,
     last_used: Instant,

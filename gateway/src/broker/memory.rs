@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::{Broker, BrokerError, BrokerHandler};
 use crate::hub::MsgBatch;
+use crate::inbox::InboxHandler;
 use crate::shutdown::Shutdown;
 
 /// Items a node's receive queue holds before it loses what comes next (the
@@ -181,7 +182,14 @@ impl Broker for MemoryBroker {
         true
     }
 
-    async fn run(self: Arc<Self>, handler: Arc<dyn BrokerHandler>, shutdown: Shutdown) {
+    /// The bus carries no inbox (the cluster mode's forwarding needs Redis
+    /// for ownership anyway): `_inbox` is never called.
+    async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn BrokerHandler>,
+        _inbox: Option<Arc<dyn InboxHandler>>,
+        shutdown: Shutdown,
+    ) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             warn!(node = %self.node, "memory broker started twice");
             return;

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
 use crate::hub::MsgBatch;
+use crate::inbox::InboxHandler;
 use crate::shutdown::Shutdown;
 
 pub use memory::{MemoryBroker, MemoryBus};
@@ -75,8 +76,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Receive: hand every batch and ephemeral frame of the subscribed rooms
     /// to `handler`, one at a time in the order received, until `shutdown`
-    /// begins. Started once per broker.
-    async fn run(self: Arc<Self>, handler: Arc<dyn BrokerHandler>, shutdown: Shutdown);
+    /// begins. A broker that carries this node's inbox (`inbox`; Redis does)
+    /// hands its messages to `inbox`, in the same loop. Started once per broker.
+    async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn BrokerHandler>,
+        inbox: Option<Arc<dyn InboxHandler>>,
+        shutdown: Shutdown,
+    );
 }
 
 /// What a broker hands over of what it receives from other nodes (the

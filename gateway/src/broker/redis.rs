@@ -2,7 +2,7 @@
 //!
 //! Channels: `{prefix}r:{room}` carries a room's committed batches and
 //! ephemeral frames; `{prefix}n:{node}` is a node's inbox (forwarded sends and
-//! their answers, see `router`). One subscriber connection per node; fred
+//! their answers, in the format of `inbox`). One subscriber connection per node; fred
 //! re-subscribes after a reconnect, and the handler is told to resync then
 //! (and when the receiver lagged): pub/sub drops what is published while the
 //! link is down. Cursors and gap filling are the fan-out's.
@@ -13,8 +13,8 @@
 //!   is ignored on receipt (it could only name a connection of the origin);
 //!   this node writes `-`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, BrokerHandler};
 use crate::hub::MsgBatch;
-use crate::router::Forwarder;
+use crate::inbox::{self, Encoded, Inbox, InboxError, InboxHandler};
 use crate::shutdown::Shutdown;
 
 /// The Redis broker of one node.
@@ -37,10 +37,9 @@ pub struct RedisBroker {
     prefix: String,
     /// Publishes (and, shared with `ownership`, runs commands).
     client: Client,
-    /// The one connection that receives every subscribed channel.
+    /// The one connection that receives every subscribed channel, this
+    /// node's inbox included.
     subscriber: SubscriberClient,
-    /// Receives forwarded sends and their answers.
-    forwarder: OnceLock<Arc<Forwarder>>,
     /// Whether the subscriber connection is up (for `/readyz`).
     connected: AtomicBool,
 }
@@ -58,47 +57,19 @@ impl RedisBroker {
         let subscriber = builder(url, SUBSCRIBER_CHANNELS)?.build_subscriber_client()?;
         subscriber.init().await?;
         let _resubscribe = subscriber.manage_subscriptions();
-        subscriber
-            .subscribe(Forwarder::inbox(&prefix, &node))
-            .await?;
+        subscriber.subscribe(inbox_channel(&prefix, &node)).await?;
         let broker = Arc::new(RedisBroker {
             node,
             prefix,
             client: client.clone(),
             subscriber,
-            forwarder: OnceLock::new(),
             connected: AtomicBool::new(true),
         });
         Ok((broker, client))
     }
 
-    /// Where forwarded sends and answers go (set once, after the router exists).
-    pub fn set_forwarder(&self, f: Arc<Forwarder>) {
-        let _ = self.forwarder.set(f);
-    }
-
     fn room_channel(&self, room: &str) -> String {
         format!("{}r:{room}", self.prefix)
-    }
-
-    async fn on_inbox(&self, text: &str) {
-        let Some(f) = self.forwarder.get() else {
-            return;
-        };
-        let (head, body) = text.split_once('\n').unwrap_or((text, ""));
-        let mut parts = head.split(' ');
-        match (
-            parts.next(),
-            parts.next().and_then(|i| i.parse::<u64>().ok()),
-        ) {
-            (Some("F"), Some(id)) => {
-                if let Some(from) = parts.next() {
-                    f.on_forward(id, from.to_owned(), body).await;
-                }
-            }
-            (Some("A"), Some(id)) => f.on_reply(id, body),
-            _ => warn!("undecodable inbox message"),
-        }
     }
 
     /// A message on a room channel: decode it and hand it over, unless this
@@ -249,19 +220,26 @@ impl Broker for RedisBroker {
 
     /// The receive loop: room batches, ephemeral frames, the inbox; a lag or
     /// a reconnect tells the handler to resync.
-    async fn run(self: Arc<Self>, handler: Arc<dyn BrokerHandler>, shutdown: Shutdown) {
+    async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn BrokerHandler>,
+        inbox_handler: Option<Arc<dyn InboxHandler>>,
+        shutdown: Shutdown,
+    ) {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
         let mut errors = self.subscriber.error_rx();
-        let inbox = Forwarder::inbox(&self.prefix, &self.node);
+        let own_inbox = inbox_channel(&self.prefix, &self.node);
         let room_prefix = format!("{}r:", self.prefix);
         loop {
             tokio::select! {
                 m = messages.recv() => match m {
                     Ok(m) => {
                         let Some(text) = m.value.as_str() else { continue };
-                        if m.channel == inbox.as_str() {
-                            self.on_inbox(&text).await;
+                        if m.channel == own_inbox.as_str() {
+                            if let Some(h) = &inbox_handler {
+                                inbox::dispatch(&**h, &text).await;
+                            }
                         } else if let Some(room) = m.channel.strip_prefix(room_prefix.as_str()) {
                             self.on_room(&*handler, room, &text).await;
                         }
@@ -295,5 +273,23 @@ impl Broker for RedisBroker {
             }
         }
         let _ = self.subscriber.quit().await;
+    }
+}
+
+/// A node's inbox channel.
+fn inbox_channel(prefix: &str, node: &str) -> String {
+    format!("{prefix}n:{node}")
+}
+
+#[async_trait]
+impl Inbox for RedisBroker {
+    async fn post(&self, node: &str, message: Encoded) -> Result<bool, InboxError> {
+        let receivers: Result<i64, Error> = self
+            .client
+            .publish(inbox_channel(&self.prefix, node), message.into_string())
+            .await;
+        receivers
+            .map(|n| n > 0)
+            .map_err(|e| InboxError(format!("redis: {e}")))
     }
 }
