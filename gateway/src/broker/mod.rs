@@ -44,11 +44,14 @@ pub struct BrokerError(pub String);
 ///   published by its single writer, one at a time, in seq order).
 /// - Not to itself: a node never receives its own publishes (the fan-out
 ///   delivered them locally already).
-/// - All or nothing: `subscribe` returning `Ok` means every later publish of
-///   the room by any node reaches this node's handler (or its loss is
-///   signalled); `Err` means it may not, and the caller undoes its join.
-///   Subscribing is idempotent (a subscribed room stays subscribed once), and
-///   one `unsubscribe` ends it.
+/// - All or nothing: `subscribe` returning `Ok` means the subscription is
+///   made: publishes of the room by any node reach this node's handler from
+///   the moment the transport applies it (Redis: once the server has read
+///   the SUBSCRIBE, which fred sends without awaiting its confirmation; a
+///   publish racing it is lost like any other, and found by seq). `Err`
+///   means it may not be, and the caller undoes its join. Subscribing is
+///   idempotent (a subscribed room stays subscribed once), and one
+///   `unsubscribe` ends it.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Hand a room's committed batch (`(seq, msg frame)` for `first..=last`,
