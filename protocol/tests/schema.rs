@@ -106,10 +106,7 @@ fn frame_defs(s: &Value) -> BTreeMap<String, Value> {
             .as_str()
             .unwrap_or_else(|| panic!("{name} has no op const"));
         assert!(
-            def["required"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("op")),
+            def["required"].as_array().unwrap().contains(&json!("op")),
             "{name} must require op"
         );
         let expected = format!(
@@ -216,7 +213,11 @@ fn the_msg_frame_is_the_message_object_plus_op() {
     required.retain(|r| *r != "op");
     assert_eq!(
         required,
-        message["required"].as_array().unwrap().iter().collect::<Vec<_>>()
+        message["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>()
     );
 }
 
@@ -320,8 +321,7 @@ fn sdk_typedefs() -> BTreeMap<String, BTreeMap<String, bool>> {
                         Some(f) => (f, true),
                         None => (t, false),
                     };
-                    if !field.is_empty() && field.chars().all(|c| c.is_alphanumeric() || c == '_')
-                    {
+                    if !field.is_empty() && field.chars().all(|c| c.is_alphanumeric() || c == '_') {
                         fields.insert(field.to_owned(), !optional);
                     }
                     token.clear();
@@ -411,7 +411,11 @@ fn limits() -> Limits {
 /// (lists non-empty), otherwise none is (lists empty).
 fn server_frames(full: bool) -> Vec<ServerFrame> {
     let id = full.then_some(7);
-    let users = if full { vec![presence_user(true)] } else { vec![] };
+    let users = if full {
+        vec![presence_user(true)]
+    } else {
+        vec![]
+    };
     vec![
         ServerFrame::Welcome {
             v: PROTOCOL_VERSION,
@@ -775,7 +779,14 @@ fn every_frame_example_in_protocol_md_validates_and_is_exact() {
     for (section, dir, text) in &examples {
         let value: Value = serde_json::from_str(text)
             .unwrap_or_else(|e| panic!("PROTOCOL.md {section}: {text} is not JSON: {e}"));
-        let e = errors(if *dir == Dir::Client { &client } else { &server }, &value);
+        let e = errors(
+            if *dir == Dir::Client {
+                &client
+            } else {
+                &server
+            },
+            &value,
+        );
         assert!(
             e.is_empty(),
             "PROTOCOL.md {section}: {dir:?} example {text} does not validate:\n{e}"
@@ -807,10 +818,16 @@ fn every_frame_example_in_protocol_md_validates_and_is_exact() {
     assert_eq!(ops[&Dir::Client], CLIENT_OPS.map(String::from).into());
     assert_eq!(ops[&Dir::Server], SERVER_OPS.map(String::from).into());
     for n in 1..=12 {
-        assert!(per_section.contains_key(&format!("5.{n}")), "5.{n}: {per_section:?}");
+        assert!(
+            per_section.contains_key(&format!("5.{n}")),
+            "5.{n}: {per_section:?}"
+        );
     }
     for n in 1..=16 {
-        assert!(per_section.contains_key(&format!("6.{n}")), "6.{n}: {per_section:?}");
+        assert!(
+            per_section.contains_key(&format!("6.{n}")),
+            "6.{n}: {per_section:?}"
+        );
     }
     assert!(per_section["15"] >= 20, "{per_section:?}");
     assert!(per_section.contains_key("14.5"), "{per_section:?}");
@@ -850,22 +867,58 @@ fn client_cases() -> Vec<(String, Verdict)> {
             r#"{"op":"hello","v":1,"token":"t","device":"phone","meta":{"a":1},"resume":{"token":"rt","rooms":{"general":3,"dm:alice:bob":0}}}"#,
             Valid,
         ),
-        c(r#"{"op":"hello","v":null,"resume":null,"meta":null}"#, Valid),
+        c(
+            r#"{"op":"hello","v":null,"resume":null,"meta":null}"#,
+            Valid,
+        ),
         c(r#"{"op":"hello","resume":{"token":"rt","extra":1}}"#, Valid),
         c(r#"{"op":"join","room":"general"}"#, Valid),
-        c(r#"{"op":"join","id":0,"room":"a-Z_0.9:@#","since":0}"#, Valid),
+        c(
+            r#"{"op":"join","id":0,"room":"a-Z_0.9:@#","since":0}"#,
+            Valid,
+        ),
         c(r#"{"op":"join","room":"general","since":null}"#, Valid),
-        c(r#"{"op":"join","room":"general","unknown":{"x":[1]}}"#, Valid),
-        c(r#"{"op":"leave","room":"general","keep_membership":true}"#, Valid),
+        c(
+            r#"{"op":"join","room":"general","unknown":{"x":[1]}}"#,
+            Valid,
+        ),
+        c(
+            r#"{"op":"leave","room":"general","keep_membership":true}"#,
+            Valid,
+        ),
         c(r#"{"op":"send","room":"r","cid":"c","body":0}"#, Valid),
-        c(r#"{"op":"send","room":"r","cid":"c","body":false,"meta":null}"#, Valid),
-        c(r#"{"op":"send","room":"r","cid":"c","body":"x","meta":[1]}"#, Valid),
-        c(&format!(r#"{{"op":"send","room":"r","cid":"c","body":{}}}"#, deep(32)), Valid),
-        c(&format!(r#"{{"op":"send","room":"r","cid":"{}","body":1}}"#, "é".repeat(128)), Valid),
+        c(
+            r#"{"op":"send","room":"r","cid":"c","body":false,"meta":null}"#,
+            Valid,
+        ),
+        c(
+            r#"{"op":"send","room":"r","cid":"c","body":"x","meta":[1]}"#,
+            Valid,
+        ),
+        c(
+            &format!(
+                r#"{{"op":"send","room":"r","cid":"c","body":{}}}"#,
+                deep(32)
+            ),
+            Valid,
+        ),
+        c(
+            &format!(
+                r#"{{"op":"send","room":"r","cid":"{}","body":1}}"#,
+                "é".repeat(128)
+            ),
+            Valid,
+        ),
         c(r#"{"op":"history","room":"r","limit":0}"#, Valid),
-        c(r#"{"op":"history","room":"r","before":1,"after":2,"limit":4294967295}"#, Valid),
+        c(
+            r#"{"op":"history","room":"r","before":1,"after":2,"limit":4294967295}"#,
+            Valid,
+        ),
         c(r#"{"op":"read","room":"r","seq":0}"#, Valid),
-        c(r#"{"op":"delivered","id":3,"room":"r","seq":18446744073709551615}"#, Valid),
+        c(
+            r#"{"op":"delivered","id":3,"room":"r","seq":18446744073709551615}"#,
+            Valid,
+        ),
         c(r#"{"op":"typing","room":"r"}"#, Valid),
         c(r#"{"op":"typing","room":"r","active":false,"id":3}"#, Valid),
         c(r#"{"op":"presence","room":"r"}"#, Valid),
@@ -882,82 +935,173 @@ fn client_cases() -> Vec<(String, Verdict)> {
         c(r#"[{"op":"ping"}]"#, Invalid(ErrorCode::BadRequest)),
         c(r#""ping""#, Invalid(ErrorCode::BadRequest)),
         c(r#"{"op":"join"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"join","room":null}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"join","room":null}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         c(r#"{"op":"join","room":5}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"join","room":"r","since":-1}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"join","room":"r","since":"1"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"leave","room":"r","keep_membership":1}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"send","room":"r","cid":"c"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"send","room":"r","cid":"c","body":null}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"send","room":"r","body":1}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"send","room":"r","cid":7,"body":1}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"history","room":"r","limit":4294967296}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"history","room":"r","before":-1}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"read","room":"r"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"read","room":"r","seq":"4"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"delivered","seq":4}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"typing","room":"r","active":"yes"}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"join","room":"r","since":-1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"join","room":"r","since":"1"}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"leave","room":"r","keep_membership":1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"send","room":"r","cid":"c"}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"send","room":"r","cid":"c","body":null}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"send","room":"r","body":1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"send","room":"r","cid":7,"body":1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"history","room":"r","limit":4294967296}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"history","room":"r","before":-1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"read","room":"r"}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"read","room":"r","seq":"4"}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"delivered","seq":4}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"typing","room":"r","active":"yes"}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         c(r#"{"op":"presence"}"#, Invalid(ErrorCode::BadRequest)),
         c(r#"{"op":"ping","id":-1}"#, Invalid(ErrorCode::BadRequest)),
         c(r#"{"op":"ping","id":"1"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"ping","id":18446744073709551616}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"ping","id":18446744073709551616}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         c(r#"{"op":"refresh","id":5}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"refresh","token":1}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"refresh","token":1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         c(r#"{"op":"hello","v":"1"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"hello","resume":{"rooms":{}}}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"hello","resume":{"token":"t","rooms":{"r":-1}}}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"hello","resume":{"token":"t","rooms":null}}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"hello","device":5}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"hello","resume":{"rooms":{}}}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"hello","resume":{"token":"t","rooms":{"r":-1}}}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"hello","resume":{"token":"t","rooms":null}}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"hello","device":5}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         // 1.2: a field of any client frame has its type in every frame.
         c(r#"{"op":"ping","room":5}"#, Invalid(ErrorCode::BadRequest)),
         c(r#"{"op":"pong","seq":"x"}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"typing","room":"r","cid":[]}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"join","room":"r","resume":{}}"#, Invalid(ErrorCode::BadRequest)),
-        c(r#"{"op":"refresh","token":"t","limit":-1}"#, Invalid(ErrorCode::BadRequest)),
+        c(
+            r#"{"op":"typing","room":"r","cid":[]}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"join","room":"r","resume":{}}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
+        c(
+            r#"{"op":"refresh","token":"t","limit":-1}"#,
+            Invalid(ErrorCode::BadRequest),
+        ),
         // Decoded, then refused by the server (the schema states the rule).
         c(
             r#"{"op":"join","room":"a/b"}"#,
-            Refused("invalid_room (1.4)", |f| matches!(f, ClientFrame::Join { room, .. } if !valid_room(room))),
+            Refused(
+                "invalid_room (1.4)",
+                |f| matches!(f, ClientFrame::Join { room, .. } if !valid_room(room)),
+            ),
         ),
         c(
             r#"{"op":"join","room":""}"#,
-            Refused("invalid_room (1.4)", |f| matches!(f, ClientFrame::Join { room, .. } if !valid_room(room))),
+            Refused(
+                "invalid_room (1.4)",
+                |f| matches!(f, ClientFrame::Join { room, .. } if !valid_room(room)),
+            ),
         ),
         c(
             &format!(r#"{{"op":"history","room":"{}"}}"#, "r".repeat(129)),
-            Refused("invalid_room (1.4)", |f| matches!(f, ClientFrame::History { room, .. } if !valid_room(room))),
+            Refused(
+                "invalid_room (1.4)",
+                |f| matches!(f, ClientFrame::History { room, .. } if !valid_room(room)),
+            ),
         ),
         c(
             r#"{"op":"hello","resume":{"token":"t","rooms":{"a b":1}}}"#,
-            Refused("invalid_room for that room of the resume (9.2)", |f| {
-                matches!(f, ClientFrame::Hello { resume: Some(r), .. } if r.rooms.keys().any(|k| !valid_room(k)))
-            }),
+            Refused(
+                "invalid_room for that room of the resume (9.2)",
+                |f| matches!(f, ClientFrame::Hello { resume: Some(r), .. } if r.rooms.keys().any(|k| !valid_room(k))),
+            ),
         ),
         c(
             r#"{"op":"send","room":"r","cid":"","body":1}"#,
-            Refused("bad_request: cid of 1-128 characters (5.4)", |f| {
-                matches!(f, ClientFrame::Send { cid, .. } if !valid_cid(cid))
-            }),
+            Refused(
+                "bad_request: cid of 1-128 characters (5.4)",
+                |f| matches!(f, ClientFrame::Send { cid, .. } if !valid_cid(cid)),
+            ),
         ),
         c(
-            &format!(r#"{{"op":"send","room":"r","cid":"{}","body":1}}"#, "é".repeat(129)),
-            Refused("bad_request: cid of 1-128 characters (5.4)", |f| {
-                matches!(f, ClientFrame::Send { cid, .. } if !valid_cid(cid))
-            }),
+            &format!(
+                r#"{{"op":"send","room":"r","cid":"{}","body":1}}"#,
+                "é".repeat(129)
+            ),
+            Refused(
+                "bad_request: cid of 1-128 characters (5.4)",
+                |f| matches!(f, ClientFrame::Send { cid, .. } if !valid_cid(cid)),
+            ),
         ),
         c(
             r#"{"op":"hello","v":2}"#,
-            Refused("close 4506 (3.1)", |f| matches!(f, ClientFrame::Hello { v, .. } if *v != PROTOCOL_VERSION)),
+            Refused(
+                "close 4506 (3.1)",
+                |f| matches!(f, ClientFrame::Hello { v, .. } if *v != PROTOCOL_VERSION),
+            ),
         ),
         c(
             r#"{"op":"hello","v":4294967296}"#,
-            Refused("close 4506 (3.1)", |f| matches!(f, ClientFrame::Hello { v, .. } if *v != PROTOCOL_VERSION)),
+            Refused(
+                "close 4506 (3.1)",
+                |f| matches!(f, ClientFrame::Hello { v, .. } if *v != PROTOCOL_VERSION),
+            ),
         ),
         c(
             r#"{"op":"hello","device":""}"#,
-            Refused("replaced by \"default\" (5.1)", |f| {
-                matches!(f, ClientFrame::Hello { device: Some(d), .. } if d.is_empty() || d.len() > 64)
-            }),
+            Refused(
+                "replaced by \"default\" (5.1)",
+                |f| matches!(f, ClientFrame::Hello { device: Some(d), .. } if d.is_empty() || d.len() > 64),
+            ),
         ),
         // Refused by the parser for the text itself.
         c(
@@ -969,12 +1113,21 @@ fn client_cases() -> Vec<(String, Verdict)> {
             Textual("integers have no exponent (1.3)", ErrorCode::BadRequest),
         ),
         c(
-            &format!(r#"{{"op":"send","room":"r","cid":"c","body":{}}}"#, deep(33)),
-            Textual("application JSON rule max_depth (1.4)", ErrorCode::BadRequest),
+            &format!(
+                r#"{{"op":"send","room":"r","cid":"c","body":{}}}"#,
+                deep(33)
+            ),
+            Textual(
+                "application JSON rule max_depth (1.4)",
+                ErrorCode::BadRequest,
+            ),
         ),
         c(
             &format!(r#"{{"op":"hello","meta":{}}}"#, deep(33)),
-            Textual("application JSON rule max_depth (1.4)", ErrorCode::BadRequest),
+            Textual(
+                "application JSON rule max_depth (1.4)",
+                ErrorCode::BadRequest,
+            ),
         ),
     ]
 }
