@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json as AxumJson, Router};
 use chorus_history::StoreError;
 use chorus_protocol::check_app_json;
-use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_room};
+use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_cid, valid_room};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -607,7 +607,7 @@ async fn post_message(
     };
     let body = app_json("body", &p.body)?;
     let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if cid.is_empty() || cid.len() > 128 {
+    if !valid_cid(&cid) {
         return Err(ApiError::bad_request("cid must be 1-128 characters"));
     }
     let size = body.get().len() + meta.as_ref().map(|m| m.get().len()).unwrap_or(0);

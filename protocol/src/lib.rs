@@ -34,6 +34,6 @@ pub mod client;
 pub use codes::{CloseCode, ErrorCode, should_reconnect};
 pub use frame::{
     ClientFrame, DecodeError, DeviceInfo, Json, Limits, Message, PROTOCOL_VERSION, PresenceUser,
-    Receipt, Resume, RoomState, SUBPROTOCOL, ServerFrame, direct_room, valid_room,
+    Receipt, Resume, RoomState, SUBPROTOCOL, ServerFrame, direct_room, valid_cid, valid_room,
 };
 pub use json::{JsonRule, MAX_JSON_DEPTH, check_app_json};

@@ -54,6 +54,23 @@ pub fn binary() -> PathBuf {
             .unwrap_or("debug");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-q", "-p", "chorus-gateway", "--bin", "chorus"]);
+        // Without the variables cargo sets for a running test: build scripts
+        // that track one (ring's tracks CARGO_MANIFEST_DIR) would otherwise
+        // rerun, and the next plain `cargo build` or `cargo test` would rebuild
+        // them and everything above them again.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if key == "CARGO_MANIFEST_DIR"
+                || key == "CARGO_MANIFEST_PATH"
+                || key == "CARGO_CRATE_NAME"
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key == "CARGO_TARGET_TMPDIR"
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(key);
+            }
+        }
         if profile == "release" {
             cmd.arg("--release");
         }
