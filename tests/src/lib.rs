@@ -12,6 +12,8 @@
 //! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits.
+//! - [`raw`]: a bare WebSocket speaking the JSON protocol by hand.
+//! - [`wait`]: bounded waits on a client's events.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
@@ -26,7 +28,9 @@ pub mod chaos;
 pub mod cluster;
 pub mod load;
 pub mod proxy;
+pub mod raw;
 pub mod services;
+pub mod wait;
 
 /// The secret every test node uses for client JWTs.
 pub const JWT_SECRET: &str = "test-secret-0123456789";

@@ -1,14 +1,13 @@
 //! 7. Oversized inbound frames
 
 use chorus_tests::GatewayProcess;
-use serde_json::json;
 
 use super::support::*;
 
 #[tokio::test]
 async fn a_frame_over_max_frame_bytes_is_answered_with_close_4504_every_time() {
     let node = GatewayProcess::start(&[]);
-    let (_probe, w) = RawWs::hello(&node, "probe", json!({})).await;
+    let (_probe, w) = RawWs::hello(&node, "probe").await;
     let max = w["limits"]["max_frame_bytes"]
         .as_u64()
         .expect("max_frame_bytes");
@@ -18,7 +17,7 @@ async fn a_frame_over_max_frame_bytes_is_answered_with_close_4504_every_time() {
     assert_eq!(big.len(), 70_000);
     let mut codes = Vec::new();
     for i in 0..20 {
-        let (mut raw, _) = RawWs::hello(&node, &format!("u{i}"), json!({})).await;
+        let (mut raw, _) = RawWs::hello(&node, &format!("u{i}")).await;
         raw.text(big.clone()).await;
         codes.push(raw.close_frame().await);
     }

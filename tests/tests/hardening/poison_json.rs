@@ -10,7 +10,7 @@ use super::support::*;
 #[tokio::test]
 async fn ws_sends_breaking_the_json_rules_are_refused_naming_the_rule_and_store_nothing() {
     let node = GatewayProcess::start(&[]);
-    let (mut raw, _) = RawWs::hello(&node, "alice", json!({})).await;
+    let (mut raw, _) = RawWs::hello(&node, "alice").await;
     let j = raw
         .request(json!({"op": "join", "id": 1, "room": "r"}))
         .await;
@@ -134,7 +134,7 @@ async fn hello_with_meta_breaking_the_json_rules_is_refused() {
         assert!(reason.starts_with("protocol_violation"), "{reason}");
     }
     // 32 deep is allowed.
-    let (_ok, w) = RawWs::hello(
+    let (_ok, w) = RawWs::hello_with(
         &node,
         "alice",
         json!({"meta": serde_json::from_str::<Value>(&nested(32)).unwrap()}),
@@ -218,7 +218,7 @@ async fn stored_rows_breaking_the_json_rules_are_served_as_null_and_counted() {
     let (status, _) = get_json(&node, "/v1/rooms/r/messages").await;
     assert_eq!(status, 200);
     // WebSocket: join with replay and a `history` request.
-    let (mut raw, _) = RawWs::hello(&node, "alice", json!({})).await;
+    let (mut raw, _) = RawWs::hello(&node, "alice").await;
     raw.send(json!({"op": "join", "id": 1, "room": "r", "since": 0}))
         .await;
     let mut replayed = Vec::new();
@@ -321,7 +321,7 @@ async fn stored_rows_that_are_not_utf8_json_text_do_not_break_the_rooms_history(
             failures.push(format!("{room}: GET history {status} {body}"));
         }
         // A join with replay completes too.
-        let (mut raw, _) = RawWs::hello(&node, "alice", json!({})).await;
+        let (mut raw, _) = RawWs::hello(&node, "alice").await;
         let j = raw
             .request(json!({"op": "join", "id": 1, "room": room, "since": 0}))
             .await;

@@ -45,14 +45,15 @@ async fn presence_lists_over_the_reply_bound_give_the_count_or_are_truncated() {
     let mut members = Vec::new();
     for i in 0..10 {
         let meta = json!({"pad": "m".repeat(890)});
-        let (mut raw, _) = RawWs::hello(&node, &format!("user{i}"), json!({"meta": meta})).await;
+        let (mut raw, _) =
+            RawWs::hello_with(&node, &format!("user{i}"), json!({"meta": meta})).await;
         let j = raw
             .request(json!({"op": "join", "id": 1, "room": "big"}))
             .await;
         assert_eq!(j["op"], "joined", "{j}");
         members.push(raw);
     }
-    let (mut late, _) = RawWs::hello(&node, "late", json!({})).await;
+    let (mut late, _) = RawWs::hello(&node, "late").await;
     let j = late
         .request(json!({"op": "join", "id": 1, "room": "big"}))
         .await;
@@ -76,7 +77,7 @@ async fn presence_lists_over_the_reply_bound_give_the_count_or_are_truncated() {
         p.to_string().len()
     );
     // A room that fits is listed in full, without `truncated`.
-    let (mut a, _) = RawWs::hello(&node, "a", json!({})).await;
+    let (mut a, _) = RawWs::hello(&node, "a").await;
     let j = a
         .request(json!({"op": "join", "id": 1, "room": "small"}))
         .await;

@@ -1,16 +1,15 @@
 //! Helpers shared by this binary's test modules.
 
-use chorus_protocol::client::{Client, ClientConfig, Event, connect_ws, new_cid};
+use chorus_protocol::client::{Event, new_cid};
+pub(crate) use chorus_tests::raw::{Raw, RawWs};
+pub(crate) use chorus_tests::wait::wait_closed;
 use chorus_tests::{API_KEY, GatewayProcess, text};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Generous upper bound for anything the server should do "soon".
@@ -248,108 +247,6 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 // Raw WebSocket
 // ---------------------------------------------------------------------------
 
-/// A bare WebSocket: JSON text frames written and read by hand.
-pub(crate) struct Raw<S> {
-    pub(crate) ws: WebSocketStream<S>,
-}
-
-pub(crate) type RawWs = Raw<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-impl RawWs {
-    /// Upgrade only (no hello).
-    pub(crate) async fn open(url: &str) -> RawWs {
-        let ws = connect_ws(&ClientConfig::new(url))
-            .await
-            .expect("websocket upgrade");
-        Raw { ws }
-    }
-
-    /// Upgrade as `user` (JWT in the URL), `hello` with `extra` fields, `welcome`.
-    pub(crate) async fn hello(node: &GatewayProcess, user: &str, extra: Value) -> (RawWs, Value) {
-        let mut r = RawWs::open(&node.url_for(user)).await;
-        let mut hello = json!({"op": "hello"});
-        if let (Some(h), Some(e)) = (hello.as_object_mut(), extra.as_object()) {
-            h.extend(e.clone());
-        }
-        r.send(hello).await;
-        let w = r.recv().await;
-        assert_eq!(w["op"], "welcome", "{w}");
-        (r, w)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
-    pub(crate) async fn send(&mut self, v: Value) {
-        self.text(v.to_string()).await;
-    }
-
-    pub(crate) async fn text(&mut self, s: impl Into<String>) {
-        self.ws
-            .send(WsMessage::Text(s.into().into()))
-            .await
-            .expect("write");
-    }
-
-    /// The next JSON text frame that is not a server `ping`, within `T`.
-    pub(crate) async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(T, self.ws.next())
-                .await
-                .expect("no frame from the server in time")
-                .expect("stream ended")
-                .expect("read failed");
-            if let WsMessage::Text(t) = m {
-                let v: Value = serde_json::from_str(t.as_str()).expect("server sent JSON");
-                if v["op"] != "ping" {
-                    return v;
-                }
-            } else if let WsMessage::Close(cf) = m {
-                panic!("unexpected close: {cf:?}");
-            }
-        }
-    }
-
-    /// Skip frames until one carries this id.
-    pub(crate) async fn reply(&mut self, id: u64) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            let v = tokio::time::timeout_at(deadline, self.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no reply to id {id} within {T:?}"));
-            if v["id"] == id {
-                return v;
-            }
-        }
-    }
-
-    /// Send a request and wait for the frame echoing its id.
-    pub(crate) async fn request(&mut self, v: Value) -> Value {
-        let id = v["id"].as_u64().expect("request with id");
-        self.send(v).await;
-        self.reply(id).await
-    }
-
-    /// Read until the close frame: its code and reason. Panics on a reset or
-    /// an end without a close frame.
-    pub(crate) async fn close_frame(&mut self) -> (u16, String) {
-        let deadline = Instant::now() + T;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("no close frame in time");
-            match m {
-                Some(Ok(WsMessage::Close(Some(cf)))) => {
-                    return (u16::from(cf.code), cf.reason.as_str().to_owned());
-                }
-                Some(Ok(WsMessage::Close(None))) => panic!("close frame without a code"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("read failed before the close frame: {e}"),
-                None => panic!("stream ended without a close frame"),
-            }
-        }
-    }
-}
-
 /// A WebSocket session for `user` over a connection from `from`: upgrade,
 /// `hello`, `welcome`.
 pub(crate) async fn ws_from(node: &GatewayProcess, from: IpAddr, user: &str) -> Raw<TcpStream> {
@@ -404,14 +301,6 @@ pub(crate) async fn assert_node_serves_within(node: &GatewayProcess, within: Dur
 
 pub(crate) async fn assert_node_serves(node: &GatewayProcess) {
     assert_node_serves_within(node, T).await;
-}
-
-/// Wait for the end of the connection: its close code and reason.
-pub(crate) async fn wait_closed(c: &mut Client) -> (Option<u16>, String) {
-    match c.wait_for(T, |e| matches!(e, Event::Closed { .. })).await {
-        Some(Event::Closed { code, reason }) => (code, reason),
-        _ => panic!("no close within {T:?}"),
-    }
 }
 
 /// JSON arrays nested `depth` deep: `[[[...]]]`.
