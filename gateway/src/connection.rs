@@ -18,7 +18,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use chorus_history::{Position, ReadRange};
 use chorus_protocol::{
     ClientFrame, CloseCode, ErrorCode, Json, PROTOCOL_VERSION, PresenceUser, Resume, RoomState,
-    ServerFrame, valid_room,
+    ServerFrame, valid_cid, valid_room,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -47,8 +47,6 @@ pub struct UpgradeAuth {
 const WRITE_BATCH: usize = 256;
 /// Messages read from history per page during replay and gap fill.
 const REPLAY_PAGE: u32 = 500;
-/// Longest `cid`.
-const MAX_CID: usize = 128;
 /// How long a close waits for the client's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -1010,7 +1008,7 @@ impl Conn {
         meta: Option<Json>,
     ) -> Result<(), Fail> {
         let key = self.joined_key(&room)?;
-        if cid.is_empty() || cid.len() > MAX_CID {
+        if !valid_cid(&cid) {
             return Err(Fail::new(
                 ErrorCode::BadRequest,
                 "cid must be 1-128 characters",

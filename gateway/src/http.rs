@@ -1,5 +1,6 @@
 //! HTTP on the WebSocket's port: the upgrade at `/ws`, the JSON API under
-//! `/v1`, health, readiness, metrics and the demo page.
+//! `/v1`, health, readiness, metrics, the demo page, the SDK and the API's
+//! OpenAPI document (`protocol/openapi.json`).
 //!
 //! Errors at this edge: bad input maps to 4xx without logging; internal faults
 //! to a generic 5xx with the cause logged.
@@ -15,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json as AxumJson, Router};
 use chorus_history::StoreError;
 use chorus_protocol::check_app_json;
-use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_room};
+use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_cid, valid_room};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -34,6 +35,9 @@ use crate::wire::{read_page, to_message};
 const INDEX_HTML: &str = include_str!("../static/index.html");
 /// The JavaScript SDK, served byte for byte as it is in the repository.
 pub const SDK_JS: &str = include_str!("../../protocol/js/chorus.js");
+/// The OpenAPI 3.1 document of this HTTP API, served byte for byte as it is
+/// in the repository.
+pub const OPENAPI_JSON: &str = include_str!("../../protocol/openapi.json");
 
 /// The whole HTTP surface.
 pub fn router(node: Arc<Node>) -> Router {
@@ -42,6 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", get(index))
         .route("/ws", get(ws_upgrade))
         .route("/sdk/chorus.js", get(sdk_js))
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/readyz", get(readyz))
@@ -215,6 +220,18 @@ async fn sdk_js() -> Response {
         .into_response()
 }
 
+/// `GET /openapi.json`: the OpenAPI document of the HTTP API (`protocol/openapi.json`).
+async fn openapi_json() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
 #[derive(Deserialize, Default)]
 struct WsQuery {
     access_token: Option<String>,
@@ -317,13 +334,21 @@ const READ_CHUNK: usize = 1024;
 /// Bytes of frames gathered per socket write (see `upgrade`).
 const WRITE_COALESCE: usize = 16 * 1024;
 
+/// The credentials of an `Authorization: Bearer …` header (the scheme name is
+/// case-insensitive, RFC 9110 11.1), trimmed; possibly empty. `None` without
+/// the header or with another scheme.
+fn bearer_credentials(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim().to_owned())
+}
+
+/// The client JWT of an upgrade request's `Authorization: Bearer` header; an
+/// empty one counts as absent (PROTOCOL.md 2.1: the first token present).
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(|t| t.trim().to_owned())
+    bearer_credentials(headers).filter(|t| !t.is_empty())
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
@@ -352,8 +377,9 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response 
 }
 
 /// The API key check. With no key configured the API is open only in dev mode.
+/// A Bearer header, even one with an empty key, is the key checked.
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = bearer(headers).or_else(|| {
+    let given = bearer_credentials(headers).or_else(|| {
         headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
@@ -441,11 +467,12 @@ fn presence_fail(e: crate::presence::PresenceError) -> ApiError {
 
 async fn room_presence(
     State(node): State<Arc<Node>>,
-    ApiPath(room): ApiPath<String>,
-    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
+    room: Result<ApiPath<String>, ApiError>,
+    q: Result<ApiQuery<TenantQuery>, ApiError>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
+    let (ApiPath(room), ApiQuery(q)) = (room?, q?);
     let key = room_key(&room, &q)?;
     let users: Vec<PresenceUser> = node.presence.room(&key).await.map_err(presence_fail)?;
     Ok(AxumJson(
@@ -472,11 +499,12 @@ async fn user_json(node: &Node, user: &str, key: &str) -> Result<serde_json::Val
 
 async fn user_presence(
     State(node): State<Arc<Node>>,
-    ApiPath(user): ApiPath<String>,
-    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
+    user: Result<ApiPath<String>, ApiError>,
+    q: Result<ApiQuery<TenantQuery>, ApiError>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
+    let (ApiPath(user), ApiQuery(q)) = (user?, q?);
     let key = user_key(&user, &q)?;
     Ok(AxumJson(user_json(&node, &user, &key).await?))
 }
@@ -491,20 +519,28 @@ const MAX_QUERY_USERS: usize = 1000;
 
 async fn presence_query(
     State(node): State<Arc<Node>>,
-    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
+    q: Result<ApiQuery<TenantQuery>, ApiError>,
     body: Result<AxumJson<PresenceQueryBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
+    let ApiQuery(q) = q?;
     let AxumJson(body) = body.map_err(json_rejection)?;
     if body.users.len() > MAX_QUERY_USERS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_QUERY_USERS} users per query"
         )));
     }
+    // Every id (and the tenant, also for an empty list) is checked before any
+    // is looked up: one bad id fails the whole request.
+    q.tenant()?;
+    let keys = body
+        .users
+        .iter()
+        .map(|user| Ok((user, user_key(user, &q)?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let mut out = BTreeMap::new();
-    for user in &body.users {
-        let key = user_key(user, &q)?;
+    for (user, key) in keys {
         let mut v = user_json(&node, user, &key).await?;
         if let Some(o) = v.as_object_mut() {
             o.remove("user");
@@ -524,12 +560,12 @@ struct PageQuery {
 
 async fn get_messages(
     State(node): State<Arc<Node>>,
-    ApiPath(room): ApiPath<String>,
-    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    room: Result<ApiPath<String>, ApiError>,
+    q: Result<ApiQuery<PageQuery>, ApiError>,
 ) -> Result<AxumJson<MessagePage>, ApiError> {
     authorize(&node, &headers)?;
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (ApiPath(room), ApiQuery(q)) = (room?, q?);
     let key = room_key(
         &room,
         &TenantQuery {
@@ -548,22 +584,57 @@ async fn get_messages(
         node.cfg.max_history_page,
     )
     .await?;
-    let messages: Vec<Message> = messages.into_iter().map(|m| to_message(&room, m)).collect();
+    let messages: Vec<ApiMessage> = messages
+        .into_iter()
+        .map(|m| ApiMessage::from(to_message(&room, m)))
+        .collect();
     // A struct, not `json!`: bodies are raw JSON text and are written out as
     // stored, never re-parsed into a `Value` (which could fail).
     Ok(AxumJson(MessagePage {
-        room,
-        messages,
         has_more,
+        messages,
+        room,
     }))
 }
 
-/// The reply of `GET /v1/rooms/{room}/messages`.
+/// The reply of `GET /v1/rooms/{room}/messages`. Fields in byte-wise order:
+/// the API writes every object's keys sorted (PROTOCOL.md 14).
 #[derive(Serialize)]
 struct MessagePage {
-    room: String,
-    messages: Vec<Message>,
     has_more: bool,
+    messages: Vec<ApiMessage>,
+    room: String,
+}
+
+/// A [`Message`] as the HTTP API writes it: the same fields, keys sorted
+/// (the WebSocket's `msg` frames keep the protocol's field order).
+#[derive(Serialize)]
+struct ApiMessage {
+    body: Json,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cid: Option<String>,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Json>,
+    room: String,
+    sender: String,
+    seq: u64,
+    ts: i64,
+}
+
+impl From<Message> for ApiMessage {
+    fn from(m: Message) -> ApiMessage {
+        ApiMessage {
+            body: m.body,
+            cid: m.cid,
+            id: m.id,
+            meta: m.meta,
+            room: m.room,
+            sender: m.sender,
+            seq: m.seq,
+            ts: m.ts,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -588,12 +659,13 @@ fn app_json(field: &str, raw: &RawValue) -> Result<Json, ApiError> {
 
 async fn post_message(
     State(node): State<Arc<Node>>,
-    ApiPath(room): ApiPath<String>,
-    ApiQuery(q): ApiQuery<TenantQuery>,
     headers: HeaderMap,
+    room: Result<ApiPath<String>, ApiError>,
+    q: Result<ApiQuery<TenantQuery>, ApiError>,
     body: Result<AxumJson<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<AxumJson<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
+    let (ApiPath(room), ApiQuery(q)) = (room?, q?);
     let key = room_key(&room, &q)?;
     let AxumJson(p) = body.map_err(json_rejection)?;
     if !valid_user(&p.sender) {
@@ -608,7 +680,7 @@ async fn post_message(
     };
     let body = app_json("body", &p.body)?;
     let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if cid.is_empty() || cid.len() > 128 {
+    if !valid_cid(&cid) {
         return Err(ApiError::bad_request("cid must be 1-128 characters"));
     }
     let size = body.get().len() + meta.as_ref().map(|m| m.get().len()).unwrap_or(0);

@@ -206,7 +206,12 @@ impl Node {
             }
         };
         shutdown.spawn(broker.run(fanout.clone(), inbox, shutdown.clone()));
-        shutdown.spawn(fanout.clone().run(cfg.tip_poll()));
+        // The tip check finds what a lossy transport lost. An embedded node is
+        // alone on its bus: every batch it receives it published itself, so
+        // there is nothing to find and no reason to query the store each tick.
+        if cluster.is_some() {
+            shutdown.spawn(fanout.clone().run(cfg.tip_poll()));
+        }
         let limits = match &cluster {
             Some(c) => SendLimits::redis(&cfg, c.limits_client.clone(), cfg.redis_prefix.clone()),
             None => SendLimits::local(&cfg),

@@ -4,10 +4,12 @@
 //! - [`store`]: the `HistoryStore` contract and its types.
 //! - [`sqlite`]: the embedded backend (SQLite in WAL mode via sqlx).
 //! - [`postgres`]: the cluster backend (PostgreSQL via a sqlx pool).
-//! - [`contract`]: the behaviour suite every backend runs.
+//! - `contract` (feature `contract`): the behaviour suite every backend runs, and
+//!   `history_contract_tests!`, which makes one named test per case.
 //!
 //! Migrations live in `migrations/<backend>/`.
 
+#[cfg(feature = "contract")]
 pub mod contract;
 pub mod postgres;
 pub mod sqlite;

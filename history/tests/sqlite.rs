@@ -5,8 +5,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chorus_history::{
     HistoryStore, Membership, NewMessage, Position, ReadRange, Retention, RoomBatch, RoomClaim,
@@ -26,67 +24,7 @@ async fn fresh() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-/// One named test per contract case that takes `&dyn HistoryStore`.
-macro_rules! contract_cases {
-    ($($case:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $case() {
-            let (_dir, store) = fresh().await;
-            contract::$case(&store).await;
-        }
-    )*};
-}
-
-/// One named test per contract case that spawns tasks on a shared store; a
-/// multi-threaded runtime makes the calls really overlap.
-macro_rules! concurrent_contract_cases {
-    ($($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $case() {
-            let (_dir, store) = fresh().await;
-            contract::$case(Arc::new(store)).await;
-        }
-    )*};
-}
-
-contract_cases!(
-    claim_bumps_epoch,
-    append_assigns_consecutive_seqs,
-    append_is_idempotent_by_cid,
-    stale_epoch_is_fenced_and_writes_nothing,
-    read_after_and_before,
-    tips_in_order_with_unknown_zero,
-    membership_lifecycle,
-    marks_are_monotonic_and_clamped,
-    unread_counts,
-    trim_by_count_and_age_keeps_last_seq,
-    ping_succeeds,
-);
-
-concurrent_contract_cases!(
-    concurrent_claims_are_distinct,
-    concurrent_appends_from_many_tasks
-);
-
-/// `run_all` itself: every case on its own file in one directory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn run_all_contract_cases() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let opened = AtomicUsize::new(0);
-    contract::run_all(|| {
-        let n = opened.fetch_add(1, Ordering::Relaxed);
-        let path = dir.path().join(format!("case-{n}.db"));
-        async move {
-            let store = SqliteStore::open(&path).await.expect("open store");
-            Box::new(store) as Box<dyn HistoryStore>
-        }
-    })
-    .await;
-    assert!(
-        opened.load(Ordering::Relaxed) >= 13,
-        "run_all ran every case"
-    );
-}
+chorus_history::history_contract_tests!(fresh);
 
 fn new_message(cid: &str, ts: i64) -> NewMessage {
     NewMessage {
@@ -407,7 +345,7 @@ async fn large_batches_span_statement_chunks() {
 }
 
 /// A store that misreports retries as new messages (every `duplicate` flag
-/// false). Used to prove the suite catches a broken backend and names the case.
+/// false). Used to prove the suite catches a broken backend.
 struct NoIdempotency(SqliteStore);
 
 #[async_trait::async_trait]
@@ -461,18 +399,10 @@ impl HistoryStore for NoIdempotency {
     }
 }
 
+/// The suite catches a broken backend: the idempotency case fails on it.
 #[tokio::test]
-#[should_panic(expected = "history contract case `append_is_idempotent_by_cid` failed")]
-async fn run_all_names_the_failing_case() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let opened = AtomicUsize::new(0);
-    contract::run_all(|| {
-        let n = opened.fetch_add(1, Ordering::Relaxed);
-        let path = dir.path().join(format!("case-{n}.db"));
-        async move {
-            let store = SqliteStore::open(&path).await.expect("open store");
-            Box::new(NoIdempotency(store)) as Box<dyn HistoryStore>
-        }
-    })
-    .await;
+#[should_panic(expected = "duplicate")]
+async fn the_contract_catches_a_store_that_misreports_retries() {
+    let (_dir, store) = fresh().await;
+    contract::append_is_idempotent_by_cid(&NoIdempotency(store)).await;
 }

@@ -270,7 +270,9 @@ struct FlatFrame<'a> {
     #[serde(borrow)]
     op: Option<std::borrow::Cow<'a, str>>,
     id: Option<u64>,
-    v: Option<u32>,
+    /// Read wide: any `uint` is a decodable `hello` (PROTOCOL.md 5.1), and a
+    /// version other than 1 closes 4506, not 4500.
+    v: Option<u64>,
     token: Option<String>,
     device: Option<String>,
     meta: Option<Box<RawValue>>,
@@ -357,7 +359,11 @@ impl ClientFrame {
         }
         let frame = match op.as_str() {
             "hello" => ClientFrame::Hello {
-                v: flat.v.unwrap_or(PROTOCOL_VERSION),
+                // A version beyond u32 is unsupported all the same: keep it
+                // different from every version this type can name.
+                v: flat
+                    .v
+                    .map_or(PROTOCOL_VERSION, |v| u32::try_from(v).unwrap_or(u32::MAX)),
                 token: flat.token,
                 device: flat.device,
                 meta: flat.meta.map(Json),
@@ -685,6 +691,16 @@ impl ServerFrame {
     }
 }
 
+/// Client message ids: 1 to 128 characters (Unicode scalar values).
+pub const MAX_CID_CHARS: usize = 128;
+
+/// Whether `cid` is a valid client message id: 1 to 128 characters, counted
+/// as Unicode scalar values (as JSON Schema's `maxLength` counts them), not
+/// bytes.
+pub fn valid_cid(cid: &str) -> bool {
+    !cid.is_empty() && cid.chars().nth(MAX_CID_CHARS).is_none()
+}
+
 /// Room names: 1 to 128 characters from `A-Z a-z 0-9 _ - . : @ #`.
 pub const MAX_ROOM_LEN: usize = 128;
 
@@ -875,6 +891,39 @@ mod tests {
         assert!(!valid_room("a/b"));
         assert!(!valid_room(&"x".repeat(129)));
         assert_eq!(direct_room("bob", "alice"), "dm:alice:bob");
+    }
+
+    /// PROTOCOL.md 1.4: a cid is 1-128 characters, not bytes.
+    #[test]
+    fn cids_are_counted_in_characters() {
+        assert!(!valid_cid(""));
+        assert!(valid_cid("c"));
+        assert!(valid_cid(&"x".repeat(128)));
+        assert!(!valid_cid(&"x".repeat(129)));
+        // 128 characters of two bytes each (256 bytes) are fine; 129 are not.
+        assert!(valid_cid(&"é".repeat(128)));
+        assert!(!valid_cid(&"é".repeat(129)));
+        assert!(valid_cid(&"🙂".repeat(128)));
+    }
+
+    /// PROTOCOL.md 5.1 and 3.1: any `uint` version is a decodable `hello`
+    /// (then closed 4506 unless it is 1), also one beyond 32 bits.
+    #[test]
+    fn hello_versions_beyond_u32_decode_as_unsupported() {
+        for (text, want) in [
+            (r#"{"op":"hello"}"#, PROTOCOL_VERSION),
+            (r#"{"op":"hello","v":2}"#, 2),
+            (r#"{"op":"hello","v":4294967295}"#, u32::MAX),
+            (r#"{"op":"hello","v":4294967296}"#, u32::MAX),
+            (r#"{"op":"hello","v":18446744073709551615}"#, u32::MAX),
+        ] {
+            match ClientFrame::decode(text) {
+                Ok(ClientFrame::Hello { v, .. }) => assert_eq!(v, want, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(ClientFrame::decode(r#"{"op":"hello","v":-1}"#).is_err());
+        assert!(ClientFrame::decode(r#"{"op":"hello","v":"1"}"#).is_err());
     }
 
     /// PROTOCOL.md 6.13, found by the `client_frame` fuzz target: a frame

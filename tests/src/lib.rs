@@ -12,6 +12,8 @@
 //! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits.
+//! - [`raw`]: a bare WebSocket speaking the JSON protocol by hand.
+//! - [`wait`]: bounded waits on a client's events.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
@@ -26,7 +28,9 @@ pub mod chaos;
 pub mod cluster;
 pub mod load;
 pub mod proxy;
+pub mod raw;
 pub mod services;
+pub mod wait;
 
 /// The secret every test node uses for client JWTs.
 pub const JWT_SECRET: &str = "test-secret-0123456789";
@@ -54,6 +58,23 @@ pub fn binary() -> PathBuf {
             .unwrap_or("debug");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-q", "-p", "chorus-gateway", "--bin", "chorus"]);
+        // Without the variables cargo sets for a running test: build scripts
+        // that track one (ring's tracks CARGO_MANIFEST_DIR) would otherwise
+        // rerun, and the next plain `cargo build` or `cargo test` would rebuild
+        // them and everything above them again.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if key == "CARGO_MANIFEST_DIR"
+                || key == "CARGO_MANIFEST_PATH"
+                || key == "CARGO_CRATE_NAME"
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key == "CARGO_TARGET_TMPDIR"
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(key);
+            }
+        }
         if profile == "release" {
             cmd.arg("--release");
         }

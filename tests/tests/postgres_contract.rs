@@ -9,79 +9,27 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chorus_history::{
     HistoryStore, NewMessage, PostgresOptions, PostgresStore, ReadRange, RoomBatch, RoomOutcome,
-    StoreError, contract,
+    StoreError,
 };
 use chorus_tests::services::PostgresServer;
 use sqlx::{Connection, PgConnection};
 
 /// A store on a fresh database of the shared server.
-async fn fresh() -> PostgresStore {
+async fn fresh_store() -> PostgresStore {
     let url = PostgresServer::shared().create_database();
     PostgresStore::connect(&url).await.expect("connect store")
 }
 
-/// One named test per contract case that takes `&dyn HistoryStore`.
-macro_rules! contract_cases {
-    ($($case:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $case() {
-            let store = fresh().await;
-            contract::$case(&store).await;
-        }
-    )*};
+/// The contract cases' fresh store (no guard: the database is dropped with the server).
+async fn fresh() -> ((), PostgresStore) {
+    ((), fresh_store().await)
 }
 
-/// One named test per contract case that spawns tasks on a shared store; a
-/// multi-threaded runtime makes the calls really overlap.
-macro_rules! concurrent_contract_cases {
-    ($($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $case() {
-            let store = fresh().await;
-            contract::$case(Arc::new(store)).await;
-        }
-    )*};
-}
-
-contract_cases!(
-    claim_bumps_epoch,
-    append_assigns_consecutive_seqs,
-    append_is_idempotent_by_cid,
-    stale_epoch_is_fenced_and_writes_nothing,
-    read_after_and_before,
-    tips_in_order_with_unknown_zero,
-    membership_lifecycle,
-    marks_are_monotonic_and_clamped,
-    unread_counts,
-    trim_by_count_and_age_keeps_last_seq,
-    ping_succeeds,
-);
-
-concurrent_contract_cases!(
-    concurrent_claims_are_distinct,
-    concurrent_appends_from_many_tasks
-);
-
-/// `run_all` too, so a case added to the suite (and to `run_all`) is run here
-/// even before it gets a named test above.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn run_all_contract_cases() {
-    let opened = AtomicUsize::new(0);
-    contract::run_all(|| {
-        opened.fetch_add(1, Ordering::Relaxed);
-        async { Box::new(fresh().await) as Box<dyn HistoryStore> }
-    })
-    .await;
-    assert!(
-        opened.load(Ordering::Relaxed) >= 13,
-        "run_all ran every case"
-    );
-}
+chorus_history::history_contract_tests!(fresh);
 
 /// Timeouts short enough for a test to see each bound fire.
 fn fast_fail() -> PostgresOptions {
@@ -284,7 +232,7 @@ async fn a_claim_on_another_node_fences_the_old_writer() {
 /// keys repeat earlier ones, commits whole through the array statements.
 #[tokio::test]
 async fn large_batches_commit_whole() {
-    let store = fresh().await;
+    let store = fresh_store().await;
     let epoch = store.claim_room("t/big").await.expect("claim").epoch;
     let first: Vec<_> = (0..3000).map(|i| new_message(&format!("c{i}"))).collect();
     assert_eq!(

@@ -3,12 +3,15 @@
 //! Entries are per session (a connection, kept across resumes). A user is online
 //! in a room while any of their sessions is in it. Implementations: [`memory`]
 //! (one node, nothing expires) and [`redis`] (cluster mode: entries shared by
-//! every node, expiring unless their node's heartbeat refreshes them).
+//! every node, expiring unless their node's heartbeat refreshes them); both pass
+//! `contract` (feature `contract`), the behaviour suite written from the trait.
 //!
 //! The seam also holds each session's resume bookkeeping (its attach
 //! generation and its rooms), so a session that reconnects to another node
 //! settles against the same state its previous node left.
 
+#[cfg(feature = "contract")]
+pub mod contract;
 pub mod memory;
 pub mod redis;
 
