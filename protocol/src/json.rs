@@ -14,7 +14,12 @@
 //! - numbers: finite as an IEEE 754 double (`1e400` is infinity in
 //!   JavaScript and an error in Rust and Go);
 //! - strings: no unpaired UTF-16 surrogate escapes (`"\ud800"`), which strict
-//!   parsers refuse and which have no UTF-8 form.
+//!   parsers refuse and which have no UTF-8 form;
+//! - keys: no object key starting with [`RESERVED_KEY_PREFIX`]: serde_json
+//!   (with its `raw_value` or `arbitrary_precision` features, as Rust readers
+//!   commonly build it) reads an object whose first key is one of its private
+//!   tokens as something else, so such a body would fail or change meaning for
+//!   them once its keys are sorted.
 //!
 //! The checker is a single pass without recursion: its cost is linear in the
 //! text and its stack is constant, whatever the input.
@@ -33,9 +38,14 @@ pub enum JsonRule {
     Number(String),
     /// An unpaired UTF-16 surrogate escape in a string.
     Surrogate,
+    /// An object key that a common parser reserves ([`RESERVED_KEY_PREFIX`]).
+    ReservedKey,
     /// Not valid JSON at all.
     Syntax,
 }
+
+/// Object keys starting with this are refused (serde_json's private tokens).
+pub const RESERVED_KEY_PREFIX: &str = "$serde_json::private::";
 
 impl fmt::Display for JsonRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,6 +61,10 @@ impl fmt::Display for JsonRule {
             JsonRule::Surrogate => write!(
                 f,
                 "string holds an unpaired UTF-16 surrogate escape (rule: unicode_strings)"
+            ),
+            JsonRule::ReservedKey => write!(
+                f,
+                "object key starts with {RESERVED_KEY_PREFIX:?}, reserved by JSON parsers (rule: reserved_keys)"
             ),
             JsonRule::Syntax => write!(f, "not valid JSON (rule: syntax)"),
         }
@@ -75,7 +89,13 @@ pub fn check_app_json(text: &str) -> Result<(), JsonRule> {
                 depth = depth.checked_sub(1).ok_or(JsonRule::Syntax)?;
                 i += 1;
             }
-            b'"' => i = skip_string(b, i + 1)?,
+            b'"' => {
+                let start = i;
+                i = skip_string(b, i + 1)?;
+                if is_key(b, i) && reserved_key(&text[start..i]) {
+                    return Err(JsonRule::ReservedKey);
+                }
+            }
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
@@ -97,6 +117,24 @@ pub fn check_app_json(text: &str) -> Result<(), JsonRule> {
     } else {
         Err(JsonRule::Syntax)
     }
+}
+
+/// Whether the string that ended just before `i` is an object key (a `:` follows).
+fn is_key(b: &[u8], mut i: usize) -> bool {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    b.get(i) == Some(&b':')
+}
+
+/// Whether a quoted key (escapes included) starts with [`RESERVED_KEY_PREFIX`].
+fn reserved_key(quoted: &str) -> bool {
+    let inner = &quoted[1..quoted.len() - 1];
+    if !inner.contains('\\') {
+        return inner.starts_with(RESERVED_KEY_PREFIX);
+    }
+    // Escaped: compare the decoded key (`"\u0024serde_json::private::..."`).
+    serde_json::from_str::<String>(quoted).is_ok_and(|k| k.starts_with(RESERVED_KEY_PREFIX))
 }
 
 /// Skip a string body starting after its opening quote; returns the index
@@ -161,6 +199,27 @@ mod tests {
 
     fn nested(n: usize) -> String {
         format!("{}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn serde_json_private_keys_are_refused() {
+        for text in [
+            r#"{"$serde_json::private::RawValue":true}"#,
+            r#"{"a":1,"$serde_json::private::RawValue":"{}"}"#,
+            r#"{"x":[{"$serde_json::private::Number" : "1"}]}"#,
+            r#"{"\u0024serde_json::private::RawValue":1}"#,
+        ] {
+            assert_eq!(check_app_json(text), Err(JsonRule::ReservedKey), "{text}");
+        }
+        // As a value, or a key that only looks alike, it is fine.
+        for text in [
+            r#"{"k":"$serde_json::private::RawValue"}"#,
+            r#"["$serde_json::private::RawValue"]"#,
+            r#"{"serde_json::private::RawValue":1}"#,
+            r#"{"$serde_json":1}"#,
+        ] {
+            assert_eq!(check_app_json(text), Ok(()), "{text}");
+        }
     }
 
     #[test]

@@ -36,4 +36,4 @@ pub use frame::{
     ClientFrame, DecodeError, DeviceInfo, Json, Limits, Message, PROTOCOL_VERSION, PresenceUser,
     Receipt, Resume, RoomState, SUBPROTOCOL, ServerFrame, direct_room, valid_cid, valid_room,
 };
-pub use json::{JsonRule, MAX_JSON_DEPTH, check_app_json};
+pub use json::{JsonRule, MAX_JSON_DEPTH, RESERVED_KEY_PREFIX, check_app_json};

@@ -21,6 +21,10 @@ async fn ws_sends_breaking_the_json_rules_are_refused_naming_the_rule_and_store_
         (r#"{"n":1e400}"#.to_owned(), "finite_numbers"),
         (r#"{"n":-1e400}"#.to_owned(), "finite_numbers"),
         (r#"{"s":"\ud800"}"#.to_owned(), "unicode_strings"),
+        (
+            r#"{"t":1,"$serde_json::private::RawValue":true}"#.to_owned(),
+            "reserved_keys",
+        ),
     ];
     let mut id = 10;
     for (body, rule) in &cases {
@@ -90,6 +94,11 @@ async fn http_publish_breaking_the_json_rules_is_400_naming_the_rule() {
             r#"{"sender":"svc","body":{"s":"\ud800"}}"#.to_owned(),
             "body",
             "unicode_strings",
+        ),
+        (
+            r#"{"sender":"svc","body":{"a":{"$serde_json::private::RawValue":"{}"}}}"#.to_owned(),
+            "body",
+            "reserved_keys",
         ),
         (
             format!(
