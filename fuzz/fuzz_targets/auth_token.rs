@@ -12,7 +12,8 @@
 use std::sync::OnceLock;
 
 use chorus_gateway::Config;
-use chorus_gateway::auth::{Auth, valid_tenant, valid_user};
+use chorus_gateway::auth::Auth;
+use chorus_gateway::names::{valid_tenant, valid_user};
 use libfuzzer_sys::fuzz_target;
 
 /// Secrets the seed corpus (fuzz/corpus/auth_token) was signed with.

@@ -1,15 +1,17 @@
 //! Authentication: client JWTs, dev identities, resume tokens, room ACLs and
 //! tenant namespacing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chorus_protocol::CloseCode;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::jwks::{Jwks, JwksSource};
+use crate::names::{namespaced, valid_tenant, valid_user};
 
 /// Who a connection or API call acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,29 +119,6 @@ impl AuthError {
     }
 }
 
-/// User ids: 1 to 128 characters from `A-Z a-z 0-9 _ - . @` (no `:` or `/`, which
-/// separate direct-room members and tenant namespaces).
-pub fn valid_user(user: &str) -> bool {
-    !user.is_empty()
-        && user.len() <= 128
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
-}
-
-/// Tenant ids follow the user id rules.
-pub fn valid_tenant(tenant: &str) -> bool {
-    valid_user(tenant)
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Identity {
     /// Whether this identity may join/read `room` (a valid room name).
     pub fn allows(&self, room: &str) -> bool {
@@ -165,19 +144,6 @@ impl Identity {
     pub fn user_key(&self) -> String {
         namespaced(self.tenant.as_deref(), &self.user)
     }
-}
-
-/// `tenant/name`, or `name` for the default tenant.
-pub fn namespaced(tenant: Option<&str>, name: &str) -> String {
-    match tenant {
-        Some(t) => format!("{t}/{name}"),
-        None => name.to_owned(),
-    }
-}
-
-/// The public name from a namespaced key.
-pub fn public_name(key: &str) -> &str {
-    key.rsplit_once('/').map(|(_, n)| n).unwrap_or(key)
 }
 
 /// `*` matches everything, `prefix*` matches by prefix, anything else exactly.

@@ -25,7 +25,8 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, warn};
 
-use crate::auth::{AuthError, Identity, now_ms};
+use crate::auth::{AuthError, Identity};
+use crate::clock::now_ms;
 use crate::hub::{ConnHandle, Kill, Outbound, Queue};
 use crate::listener::Slot;
 use crate::node::Node;
@@ -522,9 +523,9 @@ impl Conn {
             // token with wider `rooms` stays stored but is not shown.
             rooms: memberships
                 .iter()
-                .filter(|m| self.ident.allows(crate::auth::public_name(&m.room)))
+                .filter(|m| self.ident.allows(crate::names::public_name(&m.room)))
                 .map(|m| RoomState {
-                    room: crate::auth::public_name(&m.room).to_owned(),
+                    room: crate::names::public_name(&m.room).to_owned(),
                     tip: m.tip,
                     last_read: m.last_read,
                     last_delivered: m.last_delivered,

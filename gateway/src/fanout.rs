@@ -23,9 +23,9 @@ use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, ReadRange, StoreError};
 use tracing::{debug, warn};
 
-use crate::auth::public_name;
 use crate::broker::{Broker, BrokerError, BrokerHandler};
 use crate::hub::{ConnHandle, ConnId, Hub, MsgBatch};
+use crate::names::public_name;
 use crate::shutdown::Shutdown;
 use crate::wire::{msg_frame, to_message};
 

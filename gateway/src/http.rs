@@ -24,10 +24,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::warn;
 
-use crate::auth::{namespaced, valid_tenant, valid_user};
 use crate::config::normalize_origin;
 use crate::connection::{UpgradeAuth, serve};
 use crate::listener::Slot;
+use crate::names::{namespaced, valid_tenant, valid_user};
 use crate::node::Node;
 use crate::send::{SendError, SendRequest};
 use crate::wire::{read_page, to_message};
@@ -485,7 +485,7 @@ async fn user_json(node: &Node, user: &str, key: &str) -> Result<serde_json::Val
     let devices: Vec<serde_json::Value> = devices
         .into_iter()
         .map(|d| {
-            let rooms: Vec<&str> = d.rooms.iter().map(|r| crate::auth::public_name(r)).collect();
+            let rooms: Vec<&str> = d.rooms.iter().map(|r| crate::names::public_name(r)).collect();
             let mut v = json!({"device": d.info.device, "node": d.info.node, "since": d.info.since, "rooms": rooms});
             // Omitted when absent, as everywhere else (never `null`).
             if let (Some(meta), Some(o)) = (d.info.meta, v.as_object_mut()) {

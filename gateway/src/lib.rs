@@ -20,7 +20,9 @@
 //! - `broker/`: the transport seam between nodes and the handler it calls back
 //!   (memory: an in-process bus; Redis pub/sub).
 //! - `presence/`: the presence seam (memory; Redis with expiry).
-//! - `auth`: JWTs, dev identities, resume tokens, ACLs, tenant namespaces.
+//! - `auth`: JWTs, dev identities, resume tokens, ACLs.
+//! - `names`: user and tenant id rules, tenant-namespaced keys.
+//! - `clock`: Unix milliseconds.
 //! - `listener`: the accept loop: pending-connection bounds, per-IP limits,
 //!   HTTP/1 timeouts, lingering close.
 //! - `jwks`: the identity provider's key set (file or URL), cached and
@@ -33,6 +35,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod fanout;
@@ -42,6 +45,7 @@ pub mod inbox;
 pub mod jwks;
 pub mod listener;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod ownership;
 pub mod presence;

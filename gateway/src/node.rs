@@ -15,13 +15,15 @@ use dashmap::DashMap;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::auth::{Auth, now_ms, public_name};
+use crate::auth::Auth;
 use crate::broker::redis::{RedisBroker, command_client};
 use crate::broker::{Broker, MemoryBroker};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::fanout::FanOut;
 use crate::hub::{ConnId, FanoutWindow, Hub};
 use crate::inbox::{Inbox, InboxHandler};
+use crate::names::public_name;
 use crate::ownership::Ownership;
 use crate::presence::{
     LiveSession, MemoryPresence, Presence, PresenceEntry, RedisPresence, Rejoined,

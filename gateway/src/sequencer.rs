@@ -22,8 +22,9 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::auth::{now_ms, public_name};
+use crate::clock::now_ms;
 use crate::fanout::FanOut;
+use crate::names::public_name;
 use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
 use crate::shutdown::Shutdown;
 use crate::wire::msg_frame;
