@@ -35,22 +35,12 @@ async fn close_4002_slow_consumer_spares_everyone_else() {
     ) {
         return;
     }
-    let node = GatewayProcess::start(&[
+    let node = GatewayProcess::start(&chorus_tests::unlimited(&[
         "--outbound-queue",
         "64",
         "--write-timeout-ms",
         "1000",
-        "--sends-per-sec",
-        "100000",
-        "--send-burst",
-        "100000",
-        "--frames-per-sec",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--user-sends-per-sec",
-        "0",
-    ]);
+    ]));
     // The slow one: a socket with a small receive buffer that stops reading.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();

@@ -515,20 +515,7 @@ async fn send_commit_timeout_is_retryable_and_the_retry_stores_nothing_new() {
 /// a group commit runs.
 #[tokio::test]
 async fn writer_queue_overflow_is_unavailable_and_retryable() {
-    let node = GatewayProcess::start(&[
-        "--writer-queue",
-        "1",
-        "--sends-per-sec",
-        "100000",
-        "--send-burst",
-        "100000",
-        "--frames-per-sec",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--user-sends-per-sec",
-        "0",
-    ]);
+    let node = GatewayProcess::start(&chorus_tests::unlimited(&["--writer-queue", "1"]));
     let (mut raw, _) = RawWs::hello(&node, "alice").await;
     raw.join(1, "r").await;
     const N: u64 = 200;
