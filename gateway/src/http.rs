@@ -16,20 +16,21 @@ use axum::routing::{get, post};
 use axum::{Extension, Json as AxumJson, Router};
 use chorus_history::StoreError;
 use chorus_protocol::check_app_json;
-use chorus_protocol::{Json, Message, PresenceUser, SUBPROTOCOL, valid_cid, valid_room};
+use chorus_protocol::{ErrorCode, Json, Message, PresenceUser, SUBPROTOCOL, valid_room};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tracing::warn;
 
 use crate::config::normalize_origin;
-use crate::connection::{UpgradeAuth, serve};
+use crate::conn::{UpgradeAuth, serve};
 use crate::listener::Slot;
 use crate::names::{namespaced, valid_tenant, valid_user};
 use crate::node::Node;
-use crate::send::{SendError, SendRequest};
+use crate::ops::Fail;
+use crate::ops::send::{Origin, submit};
+use crate::send::{SendRequest, await_ack};
 use crate::wire::{read_page, to_message};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
@@ -184,23 +185,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A store error as the WebSocket maps it ([`Fail`]), then as a status.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::Unavailable(m) => {
-                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
-                e.retry_after = Some(1);
-                e
+        Fail::from(e).into()
+    }
+}
+
+/// A refused or failed request, as the WebSocket would answer it, as a
+/// status: the code's name stays the `error.code`; retryable failures carry
+/// `Retry-After` in whole seconds (rounded up, at least 1) and a rate limit's
+/// message names the milliseconds.
+impl From<Fail> for ApiError {
+    fn from(f: Fail) -> ApiError {
+        let status = match f.code {
+            ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable | ErrorCode::NotOwner | ErrorCode::Timeout => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            StoreError::Internal(m) => {
-                warn!(error = %m, "store error in HTTP API");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut message = f.message;
+        let mut e = if f.code == ErrorCode::Internal {
+            ApiError::new(status, "internal", "internal error")
+        } else {
+            if f.code == ErrorCode::RateLimited
+                && let Some(ms) = f.retry_after_ms
+            {
+                message = format!("{message}; retry in {ms} ms");
             }
+            ApiError::new(status, f.code.as_str(), message)
+        };
+        if f.code.retryable() && f.code != ErrorCode::Internal {
+            e.retry_after = Some(f.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1));
         }
+        e
     }
 }
 
@@ -680,17 +703,6 @@ async fn post_message(
     };
     let body = app_json("body", &p.body)?;
     let cid = p.cid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if !valid_cid(&cid) {
-        return Err(ApiError::bad_request("cid must be 1-128 characters"));
-    }
-    let size = body.get().len() + meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
-    if size as u64 > node.cfg.max_message_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            "body+meta too large",
-        ));
-    }
     if node.is_draining() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -698,20 +710,10 @@ async fn post_message(
             "node is draining",
         ));
     }
-    // The sender's limit is the one its WebSocket sends share (the same
-    // bucket, `--user-sends-per-sec`), then the tenant's. Retry-After is in
-    // whole seconds (rounded up); the message has the ms.
+    // The one send path (`ops::send`), with the sender's limit the one its
+    // WebSocket sends share (the same bucket, `--user-sends-per-sec`), then
+    // the tenant's.
     let sender_key = namespaced(q.tenant()?, &p.sender);
-    if let Err(r) = node.limits.check(Some(&sender_key), q.tenant()?).await {
-        metrics::counter!("chorus_rate_limited_total").increment(1);
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("{}; retry in {} ms", r.message(), r.retry_after_ms()),
-        );
-        err.retry_after = Some(r.retry_after_ms().div_ceil(1000));
-        return Err(err);
-    }
     let req = SendRequest {
         room: key,
         sender: p.sender,
@@ -719,26 +721,16 @@ async fn post_message(
         body,
         meta,
     };
-    match node.router.send(req, node.cfg.send_timeout()).await {
-        Ok(a) => Ok(AxumJson(
-            json!({"room": room, "seq": a.seq, "id": a.id, "ts": a.ts, "duplicate": a.duplicate}),
-        )),
-        Err(e @ (SendError::Unavailable(_) | SendError::NotOwner | SendError::Timeout)) => {
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.code().as_str(),
-                e.to_string(),
-            );
-            err.retry_after = Some(1);
-            Err(err)
-        }
-        Err(SendError::Internal(m)) => {
-            warn!(error = %m, "publish failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            ))
-        }
-    }
+    let from = Origin {
+        user_key: &sender_key,
+        tenant: q.tenant()?,
+        bucket: None,
+    };
+    let rx = submit(&node, req, from).await?;
+    let a = await_ack(rx, node.cfg.send_timeout())
+        .await
+        .map_err(Fail::from)?;
+    Ok(AxumJson(
+        json!({"room": room, "seq": a.seq, "id": a.id, "ts": a.ts, "duplicate": a.duplicate}),
+    ))
 }

@@ -4,7 +4,11 @@
 //! - `config`: flags and their `CHORUS_*` environment twins.
 //! - `node`: the shared state of one process (store, hub, fan-out, presence,
 //!   writer), session presence with its grace period, receipts, the drain.
-//! - `connection`: one WebSocket: handshake, requests, delivery, heartbeats.
+//! - `conn/`: one WebSocket: the socket loop, the handshake, delivery (queue,
+//!   gap fill, replay, bounded writes), the drain, token timers; generic over
+//!   the socket.
+//! - `ops/`: the requests a connection answers, one file per command;
+//!   `ops/send.rs` is the one send path (WebSocket `send` and HTTP publish).
 //! - `hub`: local room membership and fan-out into bounded per-connection queues.
 //! - `fanout`: room traffic above the broker: the one local delivery, delivery
 //!   cursors, gap fill from history and tip checks; joining a room (hub and
@@ -37,7 +41,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
-pub mod connection;
+pub mod conn;
 pub mod fanout;
 pub mod http;
 pub mod hub;
@@ -47,6 +51,7 @@ pub mod listener;
 pub mod metrics;
 pub mod names;
 pub mod node;
+pub mod ops;
 pub mod ownership;
 pub mod presence;
 pub mod ratelimit;
