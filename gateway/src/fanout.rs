@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, ReadRange, StoreError};
+use chorus_protocol::ServerFrame;
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, BrokerError, BrokerHandler};
@@ -155,6 +156,15 @@ impl FanOut {
     ) -> Result<(), BrokerError> {
         self.hub.broadcast(room, &frame, except);
         self.broker.broadcast(room, &frame).await
+    }
+
+    /// Encode a frame once and [`broadcast`](Self::broadcast) it; a broker
+    /// failure is logged (ephemeral frames are not retried).
+    pub async fn announce(&self, room: &str, frame: &ServerFrame, except: Option<ConnId>) {
+        let bytes = Utf8Bytes::from(frame.encode());
+        if let Err(e) = self.broadcast(room, bytes, except).await {
+            warn!(%room, error = %e, "broadcast failed");
+        }
     }
 
     /// A connection of this node joins `room`: into the hub, and this node

@@ -2,8 +2,14 @@
 //!
 //! Layout:
 //! - `config`: flags and their `CHORUS_*` environment twins.
-//! - `node`: the shared state of one process (store, hub, fan-out, presence,
-//!   writer), session presence with its grace period, receipts, the drain.
+//! - `node`: where one process is wired: `NodeBuilder` takes the seams (store,
+//!   broker, presence; tests inject failing ones), starts each service's loop,
+//!   and `Node` holds the handles plus the drain.
+//! - `sessions`: session presence (attach, settle, the leave grace period) and
+//!   its heartbeat and hot-room count loops.
+//! - `receipts`: read receipts batched in memory and flushed by their own loop.
+//! - `admission`: connection ids and the node-wide and per-user connection caps.
+//! - `retention`: the history trimmer (age and count) and its loop.
 //! - `conn/`: one WebSocket: the socket loop, the handshake, delivery (queue,
 //!   gap fill, replay, bounded writes), the drain, token timers; generic over
 //!   the socket.
@@ -37,6 +43,7 @@
 //! - `shutdown`: the signal every background loop exits on, and the tracker
 //!   of their tasks that the drain waits for.
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod clock;
@@ -55,9 +62,12 @@ pub mod ops;
 pub mod ownership;
 pub mod presence;
 pub mod ratelimit;
+pub mod receipts;
+pub mod retention;
 pub mod router;
 pub mod send;
 pub mod sequencer;
+pub mod sessions;
 pub mod shutdown;
 pub mod wire;
 

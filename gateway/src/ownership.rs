@@ -16,6 +16,8 @@ use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
 use tracing::{debug, warn};
 
+use crate::shutdown::Shutdown;
+
 const RENEW_LUA: &str = include_str!("lua/lease_renew.lua");
 const RELEASE_LUA: &str = include_str!("lua/lease_release.lua");
 
@@ -69,6 +71,21 @@ impl Ownership {
 
     fn key(&self, room: &str) -> String {
         format!("{}own:{room}", self.prefix)
+    }
+
+    /// Renew this node's leases three times per lease until the shutdown;
+    /// rooms idle a minute are released.
+    pub fn start(self: &Arc<Self>, shutdown: &Shutdown) {
+        let (ownership, stop) = (self.clone(), shutdown.clone());
+        shutdown.spawn(async move {
+            let mut tick = tokio::time::interval(ownership.lease / 3);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => ownership.renew(Duration::from_secs(60)).await,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
     }
 
     /// Whether this node holds the room's lease (as far as it knows).

@@ -95,12 +95,23 @@ pub struct MemoryBroker {
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     /// Shared with the bus's `Member`: something was lost.
     lagged: Arc<AtomicBool>,
+    /// On a bus of its own: no other node publishes to it.
+    alone: bool,
 }
 
 impl MemoryBroker {
     /// Join `bus` as `node` (an id no other node on the bus has; a second
     /// broker with the same id takes the first one's place).
     pub fn on(bus: &Arc<MemoryBus>, node: &str) -> Arc<MemoryBroker> {
+        MemoryBroker::join(bus, node, false)
+    }
+
+    /// A node alone on a bus of its own (the embedded mode).
+    pub fn alone(node: &str) -> Arc<MemoryBroker> {
+        MemoryBroker::join(&MemoryBus::new(), node, true)
+    }
+
+    fn join(bus: &Arc<MemoryBus>, node: &str, alone: bool) -> Arc<MemoryBroker> {
         let (tx, rx) = mpsc::channel(RECEIVE_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         bus.lock().insert(
@@ -116,12 +127,8 @@ impl MemoryBroker {
             node: node.to_owned(),
             rx: Mutex::new(Some(rx)),
             lagged,
+            alone,
         })
-    }
-
-    /// A node alone on a bus of its own (the embedded mode).
-    pub fn alone(node: &str) -> Arc<MemoryBroker> {
-        MemoryBroker::on(&MemoryBus::new(), node)
     }
 }
 
@@ -176,6 +183,10 @@ impl Broker for MemoryBroker {
             m.rooms.remove(room);
         }
         Ok(())
+    }
+
+    fn has_peers(&self) -> bool {
+        !self.alone
     }
 
     fn is_healthy(&self) -> bool {

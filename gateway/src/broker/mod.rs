@@ -76,6 +76,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the transport is up as far as this node knows (for `/readyz`).
     fn is_healthy(&self) -> bool;
+    /// Whether other nodes may publish to this one. A node alone on its
+    /// transport receives only what it published itself (nothing to lose,
+    /// so the fan-out's tip check has nothing to find and does not run).
+    fn has_peers(&self) -> bool {
+        true
+    }
 
     /// Receive: hand every batch and ephemeral frame of the subscribed rooms
     /// to `handler`, one at a time in the order received, until `shutdown`

@@ -31,7 +31,7 @@ pub(super) struct Accepted {
 /// among the pending ones (see `listener`): released once `hello`
 /// authenticated, closed with `handshake_timeout` if the listener evicts it
 /// before that. `None` once the socket was closed (the reason sent); an
-/// accepted user is admitted and must be released (`Node::release`).
+/// accepted user is admitted and must be released (`Connections::release`).
 pub(super) async fn accept<S: Socket>(
     node: &Node,
     ws: &mut S,
@@ -124,7 +124,7 @@ pub(super) async fn accept<S: Socket>(
         }
     };
     let user_key = ident.user_key();
-    if let Err(code) = node.admit(&user_key) {
+    if let Err(code) = node.connections.admit(&user_key) {
         Box::pin(close(ws, code, None)).await;
         return None;
     }

@@ -131,7 +131,7 @@ pub async fn serve<S: Socket>(node: Arc<Node>, ws: S, creds: UpgradeAuth, slot: 
     let user_key = ident.user_key();
     let queue = Queue::new(node.cfg.outbound_queue);
     let handle = ConnHandle {
-        id: node.next_conn_id(),
+        id: node.connections.next_id(),
         tx: queue.clone(),
         kill: Arc::new(Kill::default()),
         max_bytes: node.cfg.outbound_bytes,
@@ -171,7 +171,7 @@ pub async fn serve<S: Socket>(node: Arc<Node>, ws: S, creds: UpgradeAuth, slot: 
     {
         crate::metrics::panicked("connection", panic.as_ref());
     }
-    node.release(&user_key);
+    node.connections.release(&user_key);
 }
 
 pub(crate) struct Conn<S> {
@@ -183,7 +183,7 @@ pub(crate) struct Conn<S> {
     pub(crate) user_key: String,
     /// Session id (kept across resumes).
     pub(crate) session: String,
-    /// This connection's attach generation of the session (see `Node::detach_session`).
+    /// This connection's attach generation of the session (see `Sessions::detach`).
     pub(crate) generation: u64,
     /// This connection's presence entry, once attached.
     pub(crate) entry: Option<PresenceEntry>,
@@ -358,7 +358,8 @@ impl<S: Socket> Conn<S> {
         }
         if let Some(entry) = self.entry.take() {
             self.node
-                .detach_session(self.session.clone(), self.generation, entry.user);
+                .sessions
+                .detach(self.session.clone(), self.generation, entry.user);
         }
     }
 }

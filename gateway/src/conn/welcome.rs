@@ -44,7 +44,8 @@ impl<S: Socket> Conn<S> {
             meta,
         };
         self.generation = node
-            .attach_session(entry.clone(), Some(self.handle.kill.clone()))
+            .sessions
+            .attach(entry.clone(), Some(self.handle.kill.clone()))
             .await;
         self.entry = Some(entry);
         let memberships = match node.store.memberships(&self.user_key).await {
@@ -92,7 +93,8 @@ impl<S: Socket> Conn<S> {
                 .await?;
             }
             let rooms: Vec<String> = self.rooms.keys().map(|k| k.to_string()).collect();
-            node.settle_session(&self.session, self.generation, &rooms, &self.ident.user)
+            node.sessions
+                .settle(&self.session, self.generation, &rooms, &self.ident.user)
                 .await;
         }
         Ok(())

@@ -113,7 +113,8 @@ impl<S: Socket> Conn<S> {
         }
         let counted = match self.entry.clone() {
             Some(entry) => {
-                node.presence_join(&key, &self.session, &entry, self.handle.id)
+                node.sessions
+                    .join(&key, &self.session, &entry, self.handle.id)
                     .await
             }
             None => None,

@@ -21,7 +21,8 @@ impl<S: Socket> Conn<S> {
             let k = k.clone();
             self.drop_room(&k).await;
             self.node
-                .presence_leave(&k, &self.session, &self.ident.user)
+                .sessions
+                .leave(&k, &self.session, &self.ident.user)
                 .await;
         }
         if !keep_membership {

@@ -14,6 +14,7 @@ impl<S: Socket> Conn<S> {
     ) -> Result<(), Fail> {
         let key = self.joined_key(&room)?;
         self.node
+            .receipts
             .mark(&key, &self.ident.user, &self.user_key, position, seq)
             .await
             .map_err(Fail::from)

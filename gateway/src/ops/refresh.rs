@@ -56,7 +56,8 @@ impl<S: Socket> Conn<S> {
         revoked.sort_by(|a, b| a.1.cmp(&b.1));
         for (key, room) in revoked {
             self.drop_room(&key).await;
-            node.presence_leave(&key, &self.session, &self.ident.user)
+            node.sessions
+                .leave(&key, &self.session, &self.ident.user)
                 .await;
             self.reply(&ServerFrame::Error {
                 id: None,

@@ -42,7 +42,8 @@ impl<S: Socket> Conn<S> {
             active,
         };
         self.node
-            .broadcast(&key, &frame, Some(self.handle.id))
+            .fanout
+            .announce(&key, &frame, Some(self.handle.id))
             .await;
         Ok(())
     }
