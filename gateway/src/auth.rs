@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::AuthConfig;
 use crate::jwks::{Jwks, JwksSource};
 use crate::names::{namespaced, valid_tenant, valid_user};
 
@@ -201,7 +201,9 @@ fn now_secs() -> u64 {
 }
 
 impl Auth {
-    pub fn new(cfg: &Config) -> Result<Auth, String> {
+    /// Keys and settings from `cfg`; `dev` accepts `?user=NAME` identities
+    /// (`Config::dev_auth`).
+    pub fn new(cfg: &AuthConfig, dev: bool) -> Result<Auth, String> {
         let hs256 = cfg
             .jwt_secret
             .as_ref()
@@ -249,7 +251,7 @@ impl Auth {
             hs256,
             public,
             jwks,
-            dev: cfg.dev_auth(),
+            dev,
             resume_enc: EncodingKey::from_secret(&secret),
             resume_dec: DecodingKey::from_secret(&secret),
             resume_ttl_ms: cfg.resume_ttl_ms as i64,
@@ -486,10 +488,11 @@ fn check_issuer(want: &str, iss: Option<&serde_json::Value>) -> Result<(), AuthE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
 
     fn auth(secret: &str) -> Auth {
         let cfg = Config::from_args(["chorus", "--jwt-secret", secret]).unwrap();
-        Auth::new(&cfg).unwrap()
+        Auth::new(&cfg.auth, cfg.dev_auth()).unwrap()
     }
 
     fn token(secret: &str, claims: serde_json::Value) -> String {
@@ -558,7 +561,7 @@ mod tests {
             "https://idp.example",
         ])
         .unwrap();
-        Auth::new(&cfg).unwrap()
+        Auth::new(&cfg.auth, cfg.dev_auth()).unwrap()
     }
 
     #[tokio::test]
@@ -685,7 +688,7 @@ mod tests {
             Err(AuthError::Missing)
         );
         let cfg = Config::from_args(["chorus"]).unwrap();
-        let d = Auth::new(&cfg).unwrap();
+        let d = Auth::new(&cfg.auth, cfg.dev_auth()).unwrap();
         assert_eq!(d.authenticate(None, Some("bob")).await.unwrap().user, "bob");
         assert!(d.authenticate(None, Some("b b")).await.is_err());
     }

@@ -42,7 +42,7 @@ pub const OPENAPI_JSON: &str = include_str!("../../protocol/openapi.json");
 
 /// The whole HTTP surface.
 pub fn router(node: Arc<Node>) -> Router {
-    let body_timeout = Duration::from_millis(node.cfg.http_body_timeout_ms.max(1));
+    let body_timeout = Duration::from_millis(node.cfg.http.http_body_timeout_ms.max(1));
     Router::new()
         .route("/", get(index))
         .route("/ws", get(ws_upgrade))
@@ -283,7 +283,7 @@ async fn ws_upgrade(
         token: bearer(&headers).or(q.access_token),
         dev_user: q.user,
     };
-    let max = node.cfg.max_frame_bytes as usize;
+    let max = node.cfg.conn.max_frame_bytes as usize;
     // Small buffers: most connections are idle most of the time, and tungstenite
     // would otherwise allocate a large read buffer for each. Writes gather up to
     // WRITE_COALESCE bytes before they reach the socket: a connection draining a
@@ -314,7 +314,7 @@ fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(origin) = all.next() else {
         return Ok(());
     };
-    let dev_only = node.cfg.allowed_origins.is_empty();
+    let dev_only = node.cfg.http.allowed_origins.is_empty();
     if dev_only && !node.auth.dev() {
         return Ok(());
     }
@@ -327,7 +327,7 @@ fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), &'static str> {
         own_origin(headers).is_some_and(|own| own == origin)
     } else {
         // Normalised once, at start-up (`Config::from_args`).
-        node.cfg.allowed_origins.contains(&origin)
+        node.cfg.http.allowed_origins.contains(&origin)
     };
     if allowed {
         Ok(())
@@ -385,7 +385,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if node.cfg.metrics_require_api_key
+    if node.cfg.auth.metrics_require_api_key
         && let Err(e) = authorize(&node, &headers)
     {
         return e.into_response();
@@ -408,10 +408,10 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    if node.cfg.api_keys.is_empty() {
+    if node.cfg.auth.api_keys.is_empty() {
         // Open only in pure dev mode: with a JWT key configured the API needs
         // a key even where dev identities are also accepted.
-        if node.auth.dev() && !node.cfg.has_jwt_key() {
+        if node.auth.dev() && !node.cfg.auth.has_jwt_key() {
             return Ok(());
         }
         return Err(ApiError::new(
@@ -429,6 +429,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
         Some(k)
             if node
                 .cfg
+                .auth
                 .api_keys
                 .iter()
                 .any(|a| constant_time_eq(a.as_bytes(), k.as_bytes())) =>
@@ -604,7 +605,7 @@ async fn get_messages(
         q.before,
         q.after,
         q.limit,
-        node.cfg.max_history_page,
+        node.cfg.history.max_history_page,
     )
     .await?;
     let messages: Vec<ApiMessage> = messages
@@ -727,7 +728,7 @@ async fn post_message(
         bucket: None,
     };
     let rx = submit(&node, req, from).await?;
-    let a = await_ack(rx, node.cfg.send_timeout())
+    let a = await_ack(rx, node.cfg.send.send_timeout())
         .await
         .map_err(Fail::from)?;
     Ok(AxumJson(

@@ -242,7 +242,7 @@ impl ConnHandle {
     }
 }
 
-/// When a room's fan-out is coalesced (see `Config::fanout_window_ms`).
+/// When a room's fan-out is coalesced (see `WriterConfig::fanout_window_ms`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FanoutWindow {
     /// Zero: never.

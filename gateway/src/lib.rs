@@ -1,7 +1,8 @@
 //! chorus gateway: WebSocket connections, rooms, presence and the HTTP API.
 //!
 //! Layout:
-//! - `config`: flags and their `CHORUS_*` environment twins.
+//! - `config/`: flags and their `CHORUS_*` environment twins, grouped by concern
+//!   (cluster, auth, connection and sends, rooms, HTTP), each part handed its group.
 //! - `node`: where one process is wired: `NodeBuilder` takes the seams (store,
 //!   broker, presence; tests inject failing ones), starts each service's loop,
 //!   and `Node` holds the handles plus the drain.

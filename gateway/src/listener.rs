@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::HttpConfig;
 use crate::shutdown::Shutdown;
 
 /// How long a closing socket keeps reading (and dropping) what the peer
@@ -97,7 +97,7 @@ impl Refusal {
 }
 
 impl Admission {
-    pub fn new(cfg: &Config) -> Arc<Admission> {
+    pub fn new(cfg: &HttpConfig) -> Arc<Admission> {
         let mut max_pending = cfg.max_pending_connections as usize;
         if let Some(files) = file_limit() {
             // Leave three quarters of the descriptors to live connections,
@@ -434,7 +434,7 @@ impl AsyncWrite for LingerStream {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    cfg: &Config,
+    cfg: &HttpConfig,
     stop: Shutdown,
     grace: Duration,
 ) {

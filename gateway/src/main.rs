@@ -56,7 +56,7 @@ fn init_tracing(cfg: &Config) {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     chorus_gateway::metrics::install();
     chorus_gateway::metrics::install_panic_hook();
-    if cfg.dev_auth() && cfg.has_jwt_key() {
+    if cfg.dev_auth() && cfg.auth.has_jwt_key() {
         warn!(
             "DEV MODE AND JWT TOGETHER: tokens are verified, but ?user=NAME is ALSO accepted \
              without one (--dev-insecure-auth). Only for tests on this machine; the HTTP API \
@@ -88,7 +88,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         drained.begin();
     });
     let grace = std::time::Duration::from_millis(node.cfg.drain_timeout_ms.min(5_000));
-    listener::serve(listener, app, &node.cfg, stop, grace).await;
+    listener::serve(listener, app, &node.cfg.http, stop, grace).await;
     info!("bye");
     Ok(())
 }

@@ -125,7 +125,10 @@ impl NodeBuilder {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        match (cfg.redis_url.clone(), cfg.database_url.clone()) {
+        match (
+            cfg.cluster.redis_url.clone(),
+            cfg.cluster.database_url.clone(),
+        ) {
             (Some(redis_url), Some(database_url)) => {
                 if broker.is_some() {
                     anyhow::bail!(
@@ -139,7 +142,7 @@ impl NodeBuilder {
                         PostgresStore::connect_with(
                             &database_url,
                             PostgresOptions {
-                                max_connections: cfg.database_pool,
+                                max_connections: cfg.cluster.database_pool,
                                 ..Default::default()
                             },
                         )
@@ -147,21 +150,22 @@ impl NodeBuilder {
                     ),
                 };
                 let (redis, client) =
-                    RedisBroker::connect(&redis_url, cfg.redis_prefix.clone(), id.clone()).await?;
+                    RedisBroker::connect(&redis_url, cfg.cluster.redis_prefix.clone(), id.clone())
+                        .await?;
                 let presence = match presence {
                     Some(p) => p,
                     None => Arc::new(RedisPresence::new(
                         command_client(&redis_url).await?,
-                        cfg.redis_prefix.clone(),
-                        cfg.presence_ttl(),
+                        cfg.cluster.redis_prefix.clone(),
+                        cfg.cluster.presence_ttl(),
                     )),
                 };
                 let reclaim = Arc::new(DashMap::new());
                 let ownership = Arc::new(Ownership::new(
                     client,
-                    cfg.redis_prefix.clone(),
+                    cfg.cluster.redis_prefix.clone(),
                     id.clone(),
-                    cfg.owner_lease(),
+                    cfg.cluster.owner_lease(),
                     reclaim.clone(),
                 ));
                 let cluster = ClusterParts {
@@ -194,11 +198,11 @@ fn assemble(
     presence: Arc<dyn Presence>,
     cluster: Option<ClusterParts>,
 ) -> anyhow::Result<Arc<Node>> {
-    let auth = Auth::new(&cfg).map_err(anyhow::Error::msg)?;
+    let auth = Auth::new(&cfg.auth, cfg.dev_auth()).map_err(anyhow::Error::msg)?;
     let shutdown = Shutdown::new();
     let hub = Arc::new(Hub::new(FanoutWindow {
-        span: Duration::from_millis(cfg.fanout_window_ms),
-        members: cfg.fanout_window_members,
+        span: Duration::from_millis(cfg.writer.fanout_window_ms),
+        members: cfg.writer.fanout_window_members,
     }));
     let fanout = FanOut::new(hub.clone(), store.clone(), broker.clone(), &shutdown);
     let on_fenced: Option<OnFenced> = cluster.as_ref().map(|c| {
@@ -207,9 +211,9 @@ fn assemble(
     });
     let (sequencer, writer_task) = Sequencer::spawn(
         SequencerConfig {
-            batch_max: cfg.batch_max,
-            queue: cfg.writer_queue,
-            send_timeout: cfg.send_timeout(),
+            batch_max: cfg.writer.batch_max,
+            queue: cfg.writer.writer_queue,
+            send_timeout: cfg.send.send_timeout(),
             idle_room: Duration::from_secs(600),
             reclaim: cluster
                 .as_ref()
@@ -229,9 +233,9 @@ fn assemble(
                 c.inbox.clone(),
                 c.ownership.clone(),
                 sequencer.clone(),
-                cfg.writer_queue,
-                cfg.forward_timeout(),
-                cfg.send_timeout(),
+                cfg.writer.writer_queue,
+                cfg.cluster.forward_timeout(),
+                cfg.send.send_timeout(),
                 &shutdown,
             );
             let inbox: Arc<dyn InboxHandler> = f.clone();
@@ -242,17 +246,21 @@ fn assemble(
     // The tip check finds what a lossy transport lost; a node alone on its
     // transport has nothing to find (see `Broker::has_peers`).
     if broker.has_peers() {
-        shutdown.spawn(fanout.clone().run(cfg.tip_poll()));
+        shutdown.spawn(fanout.clone().run(cfg.cluster.tip_poll()));
     }
     let limits = match &cluster {
-        Some(c) => SendLimits::redis(&cfg, c.limits_client.clone(), cfg.redis_prefix.clone()),
-        None => SendLimits::local(&cfg),
+        Some(c) => SendLimits::redis(
+            &cfg.send,
+            c.limits_client.clone(),
+            cfg.cluster.redis_prefix.clone(),
+        ),
+        None => SendLimits::local(&cfg.send),
     };
     let sessions = Sessions::new(
         SessionsConfig {
-            hot_users: cfg.presence_hot_users,
-            grace: cfg.presence_grace(),
-            count_interval: Duration::from_millis(cfg.presence_count_interval_ms),
+            hot_users: cfg.presence.presence_hot_users,
+            grace: cfg.presence.grace(),
+            count_interval: Duration::from_millis(cfg.presence.presence_count_interval_ms),
         },
         presence.clone(),
         fanout.clone(),
@@ -262,22 +270,22 @@ fn assemble(
     let receipts = Receipts::new(
         store.clone(),
         fanout.clone(),
-        Duration::from_millis(cfg.receipt_interval_ms),
+        Duration::from_millis(cfg.presence.receipt_interval_ms),
         &shutdown,
     );
     receipts.start();
     let retention = Arc::new(Trimmer::new(
         store.clone(),
-        cfg.retention_max_age_secs,
-        cfg.retention_max_count,
-        Duration::from_secs(cfg.retention_interval_secs),
+        cfg.history.retention_max_age_secs,
+        cfg.history.retention_max_count,
+        Duration::from_secs(cfg.history.retention_interval_secs),
     ));
     retention.start(&shutdown);
     if let Some(c) = &cluster {
         c.ownership.start(&shutdown);
     }
     Ok(Arc::new(Node {
-        connections: Connections::new(cfg.max_connections, cfg.max_connections_per_user),
+        connections: Connections::new(cfg.conn.max_connections, cfg.conn.max_connections_per_user),
         cfg,
         id,
         auth,

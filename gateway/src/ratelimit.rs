@@ -27,7 +27,7 @@ use fred::prelude::{Client, ClientLike};
 use fred::types::scripts::Script;
 use tracing::debug;
 
-use crate::config::Config;
+use crate::config::SendConfig;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ impl Rate {
 }
 
 /// The tenant limit of `cfg`; its burst defaults to twice the rate.
-fn tenant_rate(cfg: &Config) -> Option<Rate> {
+fn tenant_rate(cfg: &SendConfig) -> Option<Rate> {
     let rate = cfg.tenant_sends_per_sec;
     Rate::new(
         rate,
@@ -174,7 +174,7 @@ enum Backend {
 
 impl SendLimits {
     /// In-process buckets (embedded mode: one node sees every send).
-    pub fn local(cfg: &Config) -> SendLimits {
+    pub fn local(cfg: &SendConfig) -> SendLimits {
         SendLimits {
             user: Rate::new(cfg.user_sends_per_sec, cfg.user_send_burst),
             tenant: tenant_rate(cfg),
@@ -185,7 +185,7 @@ impl SendLimits {
     /// Buckets in Redis under `prefix` (cluster mode), through `client`, which
     /// should be a connection of its own so that a send's check does not queue
     /// behind fan-out publishes.
-    pub fn redis(cfg: &Config, client: Client, prefix: String) -> SendLimits {
+    pub fn redis(cfg: &SendConfig, client: Client, prefix: String) -> SendLimits {
         SendLimits {
             user: Rate::new(cfg.user_sends_per_sec, cfg.user_send_burst),
             tenant: tenant_rate(cfg),

@@ -323,7 +323,7 @@ async fn redis_buckets_are_atomic_and_expire() {
         .build()
         .unwrap();
     client.init().await.unwrap();
-    let limits = SendLimits::redis(&cfg, client.clone(), prefix.clone());
+    let limits = SendLimits::redis(&cfg.send, client.clone(), prefix.clone());
     for _ in 0..3 {
         limits.check(Some("acme/al"), Some("acme")).await.unwrap();
     }

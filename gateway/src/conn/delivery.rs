@@ -195,7 +195,7 @@ impl<S: Socket> Conn<S> {
     pub(crate) async fn feed(&mut self, frame: Utf8Bytes) -> Step {
         metrics::counter!("chorus_frames_out_total").increment(1);
         let feed = self.ws.feed(WsMessage::Text(frame));
-        match tokio::time::timeout(self.node.cfg.write_timeout(), feed).await {
+        match tokio::time::timeout(self.node.cfg.conn.write_timeout(), feed).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(self.write_timed_out()),
@@ -204,7 +204,7 @@ impl<S: Socket> Conn<S> {
 
     /// Flush, bounded by the write timeout: a client that does not read is slow.
     pub(crate) async fn flush(&mut self) -> Step {
-        match tokio::time::timeout(self.node.cfg.write_timeout(), self.ws.flush()).await {
+        match tokio::time::timeout(self.node.cfg.conn.write_timeout(), self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(self.write_timed_out()),

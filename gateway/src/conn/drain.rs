@@ -20,8 +20,9 @@ impl<S: Socket> Conn<S> {
     pub(super) async fn drain(&mut self) -> End {
         // Each pending send ends within the send timeout with an ack or a
         // (retryable) error of its own; the slack lets the last one be written.
-        let deadline =
-            tokio::time::Instant::now() + self.node.cfg.send_timeout() + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now()
+            + self.node.cfg.send.send_timeout()
+            + Duration::from_secs(1);
         // Requests the client already wrote are read and answered: every
         // `send` with a retryable error (it resends after reconnecting, with
         // the same cid), so none is met with silence.

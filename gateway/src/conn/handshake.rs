@@ -92,12 +92,12 @@ pub(super) async fn accept<S: Socket>(
         return None;
     }
     if let Some(m) = &meta
-        && m.get().len() as u64 > node.cfg.max_presence_meta_bytes
+        && m.get().len() as u64 > node.cfg.conn.max_presence_meta_bytes
     {
         let detail = format!(
             "hello.meta is {} bytes, over --max-presence-meta-bytes {}",
             m.get().len(),
-            node.cfg.max_presence_meta_bytes
+            node.cfg.conn.max_presence_meta_bytes
         );
         Box::pin(close(ws, CloseCode::MessageTooBig, Some(&detail))).await;
         return None;
@@ -145,7 +145,7 @@ const MAX_FRAMES_BEFORE_HELLO: u32 = 8;
 
 /// Wait for the first data frame, which must decode as `hello`.
 async fn handshake<S: Socket>(node: &Node, ws: &mut S) -> Result<ClientFrame, CloseCode> {
-    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + node.cfg.conn.handshake_timeout();
     let mut control = 0;
     loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {

@@ -129,12 +129,12 @@ pub async fn serve<S: Socket>(node: Arc<Node>, ws: S, creds: UpgradeAuth, slot: 
         return;
     };
     let user_key = ident.user_key();
-    let queue = Queue::new(node.cfg.outbound_queue);
+    let queue = Queue::new(node.cfg.conn.outbound_queue);
     let handle = ConnHandle {
         id: node.connections.next_id(),
         tx: queue.clone(),
         kill: Arc::new(Kill::default()),
-        max_bytes: node.cfg.outbound_bytes,
+        max_bytes: node.cfg.conn.outbound_bytes,
     };
     let mut conn = Conn {
         node: node.clone(),
@@ -147,8 +147,8 @@ pub async fn serve<S: Socket>(node: Arc<Node>, ws: S, creds: UpgradeAuth, slot: 
         generation: 0,
         entry: None,
         rooms: HashMap::new(),
-        sends: TokenBucket::new(node.cfg.sends_per_sec, node.cfg.send_burst),
-        frames: TokenBucket::new(node.cfg.frames_per_sec, node.cfg.frame_burst),
+        sends: TokenBucket::new(node.cfg.send.sends_per_sec, node.cfg.send.send_burst),
+        frames: TokenBucket::new(node.cfg.conn.frames_per_sec, node.cfg.conn.frame_burst),
         last_seen: Instant::now(),
         pending: FuturesUnordered::new(),
         token_changed: false,
@@ -219,7 +219,7 @@ impl<S: Socket> Conn<S> {
         if let Err(end) = Box::pin(self.welcome(device, meta, resume)).await {
             return end;
         }
-        let heartbeat = self.node.cfg.heartbeat();
+        let heartbeat = self.node.cfg.conn.heartbeat();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let kill = self.handle.kill.clone();
         // Created once, not per turn of the loop: a timer or waiter made anew
@@ -246,7 +246,7 @@ impl<S: Socket> Conn<S> {
                 && let Some(exp) = self.ident.exp
             {
                 hint_sent &= !new_token;
-                let t = token_timers(exp, self.node.cfg.refresh_hint_secs, now_ms());
+                let t = token_timers(exp, self.node.cfg.auth.refresh_hint_secs, now_ms());
                 let now = tokio::time::Instant::now();
                 expired.as_mut().reset(now + t.expiry);
                 expiry_armed = true;
@@ -341,7 +341,7 @@ impl<S: Socket> Conn<S> {
     }
 
     pub(crate) async fn on_tick(&mut self) -> Step {
-        if self.last_seen.elapsed() > self.node.cfg.idle_timeout() {
+        if self.last_seen.elapsed() > self.node.cfg.conn.idle_timeout() {
             return Err(End::Close(CloseCode::HeartbeatTimeout));
         }
         self.write(&ServerFrame::Ping {}).await

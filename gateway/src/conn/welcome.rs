@@ -63,9 +63,9 @@ impl<S: Socket> Conn<S> {
             device,
             node: node.id.clone(),
             resume_token: node.auth.resume_token(&self.session, &self.ident),
-            resume_ttl_ms: node.cfg.resume_ttl_ms,
-            heartbeat_ms: node.cfg.heartbeat_ms,
-            idle_timeout_ms: node.cfg.idle_timeout_ms,
+            resume_ttl_ms: node.cfg.auth.resume_ttl_ms,
+            heartbeat_ms: node.cfg.conn.heartbeat_ms,
+            idle_timeout_ms: node.cfg.conn.idle_timeout_ms,
             limits: node.cfg.limits(),
             // Only rooms the current token allows: a membership from an earlier
             // token with wider `rooms` stays stored but is not shown.

@@ -22,7 +22,7 @@ impl<S: Socket> Conn<S> {
             before,
             after,
             limit,
-            self.node.cfg.max_history_page,
+            self.node.cfg.history.max_history_page,
         )
         .await
         .map_err(Fail::from)?;

@@ -24,10 +24,13 @@ impl<S: Socket> Conn<S> {
             panic!("--test-panic-room: join of {room}");
         }
         let already = self.rooms.contains_key(key.as_str());
-        if !already && self.rooms.len() as u64 >= self.node.cfg.max_rooms {
+        if !already && self.rooms.len() as u64 >= self.node.cfg.conn.max_rooms {
             return Err(Fail::new(
                 ErrorCode::TooManyRooms,
-                format!("at most {} rooms per connection", self.node.cfg.max_rooms),
+                format!(
+                    "at most {} rooms per connection",
+                    self.node.cfg.conn.max_rooms
+                ),
             ));
         }
         let node = self.node.clone();
@@ -83,7 +86,7 @@ impl<S: Socket> Conn<S> {
         let mut recovered = true;
         let mut replayed = 0;
         let start = match since {
-            Some(s) if tip.saturating_sub(s) > node.cfg.max_replay => {
+            Some(s) if tip.saturating_sub(s) > node.cfg.history.max_replay => {
                 recovered = false;
                 tip
             }
@@ -126,11 +129,11 @@ impl<S: Socket> Conn<S> {
         };
         // So is a list over the reply bound (large `meta`s): never a reply so
         // big that the join fails.
-        let presence = if online > node.cfg.presence_hot_users {
+        let presence = if online > node.cfg.presence.presence_hot_users {
             Vec::new()
         } else {
             let users = node.presence.room(&key).await.unwrap_or_default();
-            match fit_presence(users, node.cfg.max_presence_reply_bytes) {
+            match fit_presence(users, node.cfg.presence.max_presence_reply_bytes) {
                 (users, false) => users,
                 (_, true) => Vec::new(),
             }
@@ -159,7 +162,7 @@ impl<S: Socket> Conn<S> {
 /// bound by their number, no more.
 async fn check_membership_cap(node: &Node, key: &str, user_key: &str) -> Result<(), Fail> {
     let store = &node.store;
-    let cap = node.cfg.max_memberships_per_user;
+    let cap = node.cfg.conn.max_memberships_per_user;
     if store
         .membership(key, user_key)
         .await

@@ -14,7 +14,8 @@ impl<S: Socket> Conn<S> {
             .room(&key)
             .await
             .map_err(|e| Fail::new(ErrorCode::Unavailable, e.to_string()))?;
-        let (users, truncated) = fit_presence(users, self.node.cfg.max_presence_reply_bytes);
+        let (users, truncated) =
+            fit_presence(users, self.node.cfg.presence.max_presence_reply_bytes);
         self.reply(&ServerFrame::Presence {
             id,
             room,

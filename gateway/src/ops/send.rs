@@ -39,7 +39,7 @@ pub(crate) async fn submit(node: &Node, req: SendRequest, from: Origin<'_>) -> R
             "cid must be 1-128 characters",
         ));
     }
-    let max = node.cfg.max_message_bytes;
+    let max = node.cfg.send.max_message_bytes;
     let size = req.body.get().len() + req.meta.as_ref().map(|m| m.get().len()).unwrap_or(0);
     if size as u64 > max {
         return Err(Fail::new(
@@ -51,7 +51,7 @@ pub(crate) async fn submit(node: &Node, req: SendRequest, from: Origin<'_>) -> R
         && let Err(wait) = bucket.take()
     {
         return Err(rate_limited(
-            format!("at most {} sends per second", node.cfg.sends_per_sec),
+            format!("at most {} sends per second", node.cfg.send.sends_per_sec),
             wait.as_millis() as u64 + 1,
         ));
     }
@@ -95,7 +95,7 @@ impl<S: Socket> Conn<S> {
             bucket: Some(&mut self.sends),
         };
         let rx = submit(&self.node, req, from).await?;
-        let timeout = self.node.cfg.send_timeout();
+        let timeout = self.node.cfg.send.send_timeout();
         self.pending.push(Box::pin(async move {
             (id, room, cid, await_ack(rx, timeout).await)
         }));

@@ -10,7 +10,7 @@ use crate::conn::{Conn, Socket};
 impl<S: Socket> Conn<S> {
     pub(super) async fn typing(&mut self, room: String, active: bool) -> Result<(), Fail> {
         let key = self.joined_key(&room)?;
-        let interval = Duration::from_millis(self.node.cfg.typing_interval_ms);
+        let interval = Duration::from_millis(self.node.cfg.presence.typing_interval_ms);
         let Some(j) = self.rooms.get_mut(&key) else {
             return Ok(());
         };

@@ -16,12 +16,11 @@
 //! timeout of 0 ms; a writer queue of 1 under pipelined sends): they rely on an
 //! SQLite commit never finishing within microseconds, which holds in practice.
 //!
-//! Not covered because the gateway cannot be made to produce them
-//! deterministically from the outside: error codes `not_owner` (needs a second
-//! writer fencing the room) and `internal` (needs a store fault), close codes
-//! `4003 internal_error`, `4006 unavailable` and `4503 forbidden` (no code path
-//! in the gateway sends 4003 or 4503; 4006 needs the history store to fail while
-//! loading memberships or filling a gap).
+//! `not_owner`, `internal` and close 4006 need the history store to fence the
+//! writer, fail a commit or fail to load memberships: `injected` builds a node
+//! in this process from a store that does so on demand. Close 4003
+//! `internal_error` (a contained panic) is tested in `hardening/panics.rs`;
+//! `4503 forbidden` is not sent by any code path of the gateway.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -30,6 +29,7 @@ mod error_codes;
 mod exact_protocol;
 mod heartbeats;
 mod hello;
+mod injected;
 mod join_leave;
 mod receipts;
 mod schema_session;
