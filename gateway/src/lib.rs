@@ -47,6 +47,7 @@
 pub mod admission;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod clock;
 pub mod config;
 pub mod conn;
@@ -60,7 +61,6 @@ pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod ops;
-pub mod ownership;
 pub mod presence;
 pub mod ratelimit;
 pub mod receipts;

@@ -14,19 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_history::{HistoryStore, PostgresOptions, PostgresStore, SqliteStore};
-use dashmap::DashMap;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::Connections;
 use crate::auth::Auth;
-use crate::broker::redis::{RedisBroker, command_client};
+use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::fanout::FanOut;
 use crate::hub::{FanoutWindow, Hub};
-use crate::inbox::{Inbox, InboxHandler};
-use crate::ownership::Ownership;
+use crate::inbox::InboxHandler;
+use crate::cluster::client::command_client;
+use crate::cluster::ownership::Ownership;
+use crate::cluster::{ClusterParts, RECLAIM_QUEUE};
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::ratelimit::SendLimits;
 use crate::receipts::Receipts;
@@ -35,18 +37,6 @@ use crate::router::{Forwarder, Router};
 use crate::sequencer::{OnFenced, Sequencer, SequencerConfig};
 use crate::sessions::{Sessions, SessionsConfig};
 use crate::shutdown::Shutdown;
-
-/// The cluster-mode parts of a node.
-pub struct ClusterParts {
-    /// Other nodes' inboxes (the Redis broker): where sends are forwarded.
-    pub inbox: Arc<dyn Inbox>,
-    pub ownership: Arc<Ownership>,
-    /// Rooms the writer must re-claim (shared with `ownership`).
-    pub reclaim: Arc<DashMap<String, ()>>,
-    /// Redis command client of the send limits: a connection of its own, so a
-    /// send's limit check never queues behind fan-out publishes.
-    pub limits_client: fred::prelude::Client,
-}
 
 /// Shared state of one gateway process.
 pub struct Node {
@@ -79,6 +69,7 @@ pub struct Node {
     shutdown: Shutdown,
     writer_task: Mutex<Option<JoinHandle<()>>>,
 }
+
 
 /// The seams a node is built from. What is not given comes from the
 /// configuration: with `--redis-url` and `--database-url` (cluster mode)
@@ -160,21 +151,20 @@ impl NodeBuilder {
                         cfg.cluster.presence_ttl(),
                     )),
                 };
-                let reclaim = Arc::new(DashMap::new());
+                let (reclaims, reclaimed) = mpsc::channel(RECLAIM_QUEUE);
                 let ownership = Arc::new(Ownership::new(
                     client,
                     cfg.cluster.redis_prefix.clone(),
                     id.clone(),
                     cfg.cluster.owner_lease(),
-                    reclaim.clone(),
+                    reclaims,
                 ));
                 let cluster = ClusterParts {
                     inbox: redis.clone(),
                     ownership,
-                    reclaim,
                     limits_client: command_client(&redis_url).await?,
                 };
-                assemble(cfg, id, store, redis, presence, Some(cluster))
+                assemble(cfg, id, store, redis, presence, Some((cluster, reclaimed)))
             }
             _ => {
                 let store = match store {
@@ -196,8 +186,9 @@ fn assemble(
     store: Arc<dyn HistoryStore>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn Presence>,
-    cluster: Option<ClusterParts>,
+    cluster: Option<(ClusterParts, mpsc::Receiver<String>)>,
 ) -> anyhow::Result<Arc<Node>> {
+    let (cluster, reclaims) = cluster.unzip();
     let auth = Auth::new(&cfg.auth, cfg.dev_auth()).map_err(anyhow::Error::msg)?;
     let shutdown = Shutdown::new();
     let hub = Arc::new(Hub::new(FanoutWindow {
@@ -215,14 +206,11 @@ fn assemble(
             queue: cfg.writer.writer_queue,
             send_timeout: cfg.send.send_timeout(),
             idle_room: Duration::from_secs(600),
-            reclaim: cluster
-                .as_ref()
-                .map(|c| c.reclaim.clone())
-                .unwrap_or_default(),
             on_fenced,
         },
         store.clone(),
         fanout.clone(),
+        reclaims,
         &shutdown,
     );
     let (router, inbox) = match &cluster {

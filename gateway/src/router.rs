@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::inbox::{Inbox, InboxHandler, InboxMessage};
-use crate::ownership::{Owner, Ownership};
+use crate::cluster::ownership::{Owner, Ownership};
 use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
 use crate::sequencer::Sequencer;
 use crate::shutdown::Shutdown;

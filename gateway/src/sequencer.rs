@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Utf8Bytes;
 use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
 use chorus_protocol::Message;
-use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -50,9 +49,6 @@ pub struct SequencerConfig {
     pub send_timeout: Duration,
     /// Forget (and later re-claim) rooms idle this long, bounding the epoch map.
     pub idle_room: Duration,
-    /// Rooms whose epoch must be claimed again before the next commit (this node
-    /// took the room anew; see `ownership`). Empty in embedded mode.
-    pub reclaim: Arc<DashMap<String, ()>>,
     /// Called with a room whose batch was fenced (another node writes it now).
     pub on_fenced: Option<OnFenced>,
 }
@@ -60,10 +56,15 @@ pub struct SequencerConfig {
 impl Sequencer {
     /// Start the writer. It exits after `shutdown` begins and the queue is
     /// drained (every queued send gets its ack or error), or when every handle is gone.
+    ///
+    /// `reclaims` (cluster mode) names rooms whose epoch must be claimed again
+    /// before the next commit there: this node took the room anew (see
+    /// `ownership`). Each is applied before any send queued after it.
     pub fn spawn(
         cfg: SequencerConfig,
         store: Arc<dyn HistoryStore>,
         fanout: Arc<FanOut>,
+        reclaims: Option<mpsc::Receiver<String>>,
         shutdown: &Shutdown,
     ) -> (Sequencer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue);
@@ -72,6 +73,7 @@ impl Sequencer {
             store,
             fanout,
             rooms: HashMap::new(),
+            reclaims,
         };
         let task = shutdown.spawn(writer.run(rx, shutdown.clone()));
         (
@@ -130,6 +132,8 @@ struct Writer {
     fanout: Arc<FanOut>,
     /// Rooms this node is the fenced writer of.
     rooms: HashMap<String, Owned>,
+    /// Rooms to forget before the next commit (see `Sequencer::spawn`).
+    reclaims: Option<mpsc::Receiver<String>>,
 }
 
 impl Writer {
@@ -151,11 +155,14 @@ impl Writer {
                     continue;
                 }
                 _ = sweep.tick() => {
+                    self.take_reclaims();
                     let idle = self.cfg.idle_room;
                     self.rooms.retain(|_, o| o.last_used.elapsed() < idle);
                     continue;
                 }
             };
+            // A reclaim sent before any send of the group is seen here.
+            self.take_reclaims();
             let mut group = vec![first];
             while group.len() < self.cfg.batch_max {
                 match rx.try_recv() {
@@ -296,11 +303,18 @@ impl Writer {
         metrics::histogram!("chorus_group_seconds").record(started.elapsed().as_secs_f64());
     }
 
+    /// Forget the rooms this node took anew: their epoch is claimed again.
+    fn take_reclaims(&mut self) {
+        let Some(rx) = &mut self.reclaims else {
+            return;
+        };
+        while let Ok(room) = rx.try_recv() {
+            self.rooms.remove(&room);
+        }
+    }
+
     /// The epoch of a room this node writes, claiming it first if needed.
     async fn epoch(&mut self, room: &str) -> Result<u64, StoreError> {
-        if self.cfg.reclaim.remove(room).is_some() {
-            self.rooms.remove(room);
-        }
         if let Some(o) = self.rooms.get_mut(room) {
             o.last_used = Instant::now();
             return Ok(o.epoch);

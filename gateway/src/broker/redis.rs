@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -24,6 +23,7 @@ use fred::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, BrokerHandler};
+use crate::cluster::client;
 use crate::hub::MsgBatch;
 use crate::inbox::{self, Encoded, Inbox, InboxError, InboxHandler};
 use crate::shutdown::Shutdown;
@@ -52,10 +52,8 @@ impl RedisBroker {
         prefix: String,
         node: String,
     ) -> Result<(Arc<RedisBroker>, Client), Error> {
-        let client = builder(url, COMMAND_CHANNELS)?.build()?;
-        client.init().await?;
-        let subscriber = builder(url, SUBSCRIBER_CHANNELS)?.build_subscriber_client()?;
-        subscriber.init().await?;
+        let client = client::command_client(url).await?;
+        let subscriber = client::subscriber_client(url).await?;
         let _resubscribe = subscriber.manage_subscriptions();
         subscriber.subscribe(inbox_channel(&prefix, &node)).await?;
         let broker = Arc::new(RedisBroker {
@@ -112,39 +110,6 @@ impl RedisBroker {
             _ => warn!(%room, "undecodable room message"),
         }
     }
-}
-
-/// Capacity of the subscriber's broadcast channels. Room traffic arrives
-/// through one: a lagging reader loses messages (then fills them from
-/// history), so it gets room. Tokio allocates every slot of a broadcast
-/// channel up front, and a fred client has several such channels, so this is
-/// memory paid at start whatever the traffic (65,536 slots cost about 140 MiB
-/// over the node's clients).
-const SUBSCRIBER_CHANNELS: usize = 8_192;
-/// Command clients never read their broadcast channels (pub/sub, keyspace
-/// events): the smallest capacity.
-const COMMAND_CHANNELS: usize = 16;
-
-fn builder(url: &str, channel_capacity: usize) -> Result<Builder, Error> {
-    let config = Config::from_url(url)?;
-    let mut b = Builder::from_config(config);
-    b.with_performance_config(|p| {
-        p.broadcast_channel_capacity = channel_capacity;
-        p.default_command_timeout = Duration::from_secs(2);
-    })
-    .with_connection_config(|c| {
-        c.connection_timeout = Duration::from_secs(2);
-        c.max_command_attempts = 2;
-    })
-    .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Ok(b)
-}
-
-/// A plain command client with the same settings (ownership, presence).
-pub async fn command_client(url: &str) -> Result<Client, Error> {
-    let client = builder(url, COMMAND_CHANNELS)?.build()?;
-    client.init().await?;
-    Ok(client)
 }
 
 #[async_trait]

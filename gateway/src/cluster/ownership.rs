@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::shutdown::Shutdown;
@@ -41,9 +42,10 @@ pub struct Ownership {
     /// Recently seen owners of other rooms -> (node, when seen): saves a Redis
     /// round trip per forwarded send. Invalidated on any forwarding failure.
     seen: DashMap<String, (String, Instant)>,
-    /// Rooms acquired anew: the writer must re-claim their epoch before it
-    /// commits there again (its cached epoch may be from an earlier tenure).
-    reclaim: Arc<DashMap<String, ()>>,
+    /// Tells the writer of rooms acquired anew: it must re-claim their epoch
+    /// before it commits there again (its cached epoch may be from an earlier
+    /// tenure). Sent before `resolve` returns, so before the send that asked.
+    reclaims: mpsc::Sender<String>,
     renew: Script,
     release: Script,
 }
@@ -54,7 +56,7 @@ impl Ownership {
         prefix: String,
         node: String,
         lease: Duration,
-        reclaim: Arc<DashMap<String, ()>>,
+        reclaims: mpsc::Sender<String>,
     ) -> Ownership {
         Ownership {
             client,
@@ -63,7 +65,7 @@ impl Ownership {
             lease,
             owned: DashMap::new(),
             seen: DashMap::new(),
-            reclaim,
+            reclaims,
             renew: Script::from_lua(RENEW_LUA),
             release: Script::from_lua(RELEASE_LUA),
         }
@@ -158,7 +160,12 @@ impl Ownership {
         metrics::counter!("chorus_owner_leases_taken_total").increment(1);
         self.owned.insert(room.to_owned(), Instant::now());
         self.seen.remove(room);
-        self.reclaim.insert(room.to_owned(), ());
+        if self.reclaims.try_send(room.to_owned()).is_err() {
+            // The writer is far behind (or stopping). Still safe: the store's
+            // epoch fences a commit on the stale epoch, which answers
+            // `not_owner`, and the retry claims the room.
+            metrics::counter!("chorus_reclaims_dropped_total").increment(1);
+        }
     }
 
     /// Forget what is known about a room's owner (after a failed forward, or a
