@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use crate::hub::ConnId;
 
 /// Open connections of one node, bounded in all and per user.
-pub struct Connections {
+pub(crate) struct Connections {
     max: u64,
     max_per_user: u64,
     /// User key -> open connections on this node.
@@ -21,7 +21,7 @@ pub struct Connections {
 
 impl Connections {
     /// At most `max` connections, `max_per_user` of them for one user.
-    pub fn new(max: u64, max_per_user: u64) -> Connections {
+    pub(crate) fn new(max: u64, max_per_user: u64) -> Connections {
         Connections {
             max,
             max_per_user,
@@ -32,18 +32,18 @@ impl Connections {
     }
 
     /// A fresh connection id.
-    pub fn next_id(&self) -> ConnId {
+    pub(crate) fn next_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Open connections on this node.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.open.load(Ordering::Acquire)
     }
 
     /// Count a new connection of `user_key`, or the close code refusing it: a full
     /// node is worth retrying (elsewhere), a user over their limit is not.
-    pub fn admit(&self, user_key: &str) -> Result<(), CloseCode> {
+    pub(crate) fn admit(&self, user_key: &str) -> Result<(), CloseCode> {
         if self.count() >= self.max {
             return Err(CloseCode::Unavailable);
         }
@@ -58,7 +58,7 @@ impl Connections {
     }
 
     /// Undo `admit`.
-    pub fn release(&self, user_key: &str) {
+    pub(crate) fn release(&self, user_key: &str) {
         if let Some(mut n) = self.per_user.get_mut(user_key) {
             *n = n.saturating_sub(1);
         }

@@ -31,7 +31,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the key set comes from.
 #[derive(Debug, Clone)]
-pub enum JwksSource {
+pub(crate) enum JwksSource {
     /// A local file, e.g. a mounted secret (rotated by replacing the file).
     File(PathBuf),
     /// The identity provider's `jwks_uri`.
@@ -39,7 +39,7 @@ pub enum JwksSource {
 }
 
 /// One verification key of the set.
-pub struct JwksKey {
+pub(crate) struct JwksKey {
     /// Its `kid`, if the set gave one.
     pub kid: Option<String>,
     /// The one algorithm it verifies.
@@ -56,7 +56,7 @@ struct KeySet {
 }
 
 /// A cached, rate-limited JWKS.
-pub struct Jwks {
+pub(crate) struct Jwks {
     source: JwksSource,
     /// HTTP client for a URL source.
     http: Option<reqwest::Client>,
@@ -76,7 +76,7 @@ pub struct Jwks {
 impl Jwks {
     /// A key set from `source`. A file is read now (a missing or invalid file
     /// is a configuration error); a URL is fetched on the first token.
-    pub fn new(
+    pub(crate) fn new(
         source: JwksSource,
         min_refetch: Duration,
         max_age: Duration,
@@ -127,7 +127,7 @@ impl Jwks {
     /// by `kid` (or, without `kid`, every key) for `alg`. Reads the set again
     /// first when it is stale, and when no key matches (both rate-limited).
     /// Empty when no key matches even then.
-    pub async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<JwksKey>> {
+    pub(crate) async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<JwksKey>> {
         let set = self.current();
         let stale = set.read_at.is_none_or(|t| t.elapsed() >= self.max_age);
         let set = if stale {
@@ -147,7 +147,7 @@ impl Jwks {
 
     /// Whether the set was ever read successfully (else no token can be
     /// checked against it: the provider is unreachable, not the token bad).
-    pub fn ever_read(&self) -> bool {
+    pub(crate) fn ever_read(&self) -> bool {
         self.current().read_at.is_some()
     }
 

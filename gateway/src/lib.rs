@@ -26,8 +26,9 @@
 //!   owner through its inbox), with retries that stay idempotent.
 //! - `inbox`: the node-to-node inbox seam (forwarded sends and their answers)
 //!   and its wire format; the Redis broker carries it.
-//! - `ownership`: room ownership leases in Redis (a routing hint; the store's
-//!   epoch is the fence).
+//! - `cluster/`: what speaks Redis for the node as a whole: the clients'
+//!   settings, room ownership leases (a routing hint; the store's epoch is the
+//!   fence).
 //! - `broker/`: the transport seam between nodes and the handler it calls back
 //!   (memory: an in-process bus; Redis pub/sub).
 //! - `presence/`: the presence seam (memory; Redis with expiry).
@@ -44,33 +45,33 @@
 //! - `shutdown`: the signal every background loop exits on, and the tracker
 //!   of their tasks that the drain waits for.
 
-pub mod admission;
-pub mod auth;
+mod admission;
+mod auth;
 pub mod broker;
-pub mod cluster;
-pub mod clock;
+mod clock;
+mod cluster;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod inbox;
-pub mod jwks;
+mod jwks;
 pub mod listener;
 pub mod metrics;
-pub mod names;
+mod names;
 pub mod node;
-pub mod ops;
+mod ops;
 pub mod presence;
 pub mod ratelimit;
-pub mod receipts;
-pub mod retention;
-pub mod router;
-pub mod send;
-pub mod sequencer;
-pub mod sessions;
+mod receipts;
+mod retention;
+mod router;
+mod send;
+mod sequencer;
+mod sessions;
 pub mod shutdown;
-pub mod wire;
+mod wire;
 
 pub use config::Config;
 pub use node::Node;

@@ -22,13 +22,13 @@ use crate::admission::Connections;
 use crate::auth::Auth;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, MemoryBroker};
+use crate::cluster::client::command_client;
+use crate::cluster::ownership::Ownership;
+use crate::cluster::{ClusterParts, RECLAIM_QUEUE};
 use crate::config::Config;
 use crate::fanout::FanOut;
 use crate::hub::{FanoutWindow, Hub};
 use crate::inbox::InboxHandler;
-use crate::cluster::client::command_client;
-use crate::cluster::ownership::Ownership;
-use crate::cluster::{ClusterParts, RECLAIM_QUEUE};
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::ratelimit::SendLimits;
 use crate::receipts::Receipts;
@@ -43,33 +43,30 @@ pub struct Node {
     pub cfg: Config,
     /// This node's id, in presence entries and logs.
     pub id: String,
-    pub auth: Auth,
-    pub store: Arc<dyn HistoryStore>,
-    pub hub: Arc<Hub>,
+    pub(crate) auth: Auth,
+    pub(crate) store: Arc<dyn HistoryStore>,
+    pub(crate) hub: Arc<Hub>,
     /// Room traffic: local delivery, the broker to the other nodes, gap fill.
-    pub fanout: Arc<FanOut>,
-    pub presence: Arc<dyn Presence>,
+    pub(crate) fanout: Arc<FanOut>,
+    pub(crate) presence: Arc<dyn Presence>,
     /// Sessions held by this node and their presence.
-    pub sessions: Arc<Sessions>,
+    pub(crate) sessions: Arc<Sessions>,
     /// Receipt positions and their coalesced broadcasts.
-    pub receipts: Arc<Receipts>,
+    pub(crate) receipts: Arc<Receipts>,
     /// Open connections, bounded in all and per user.
-    pub connections: Connections,
-    /// History retention.
-    pub retention: Arc<Trimmer>,
-    pub sequencer: Sequencer,
+    pub(crate) connections: Connections,
+    pub(crate) sequencer: Sequencer,
     /// Where sends go: the local writer, or the room's owner in cluster mode.
-    pub router: Router,
+    pub(crate) router: Router,
     /// Cluster-mode parts (Redis broker, room ownership), if configured.
-    pub cluster: Option<ClusterParts>,
+    pub(crate) cluster: Option<ClusterParts>,
     /// Per-user and per-tenant send limits (Redis in cluster mode, else in process).
-    pub limits: SendLimits,
+    pub(crate) limits: SendLimits,
     draining: AtomicBool,
     /// Stops every background task of the node (and tracks them) at the drain.
     shutdown: Shutdown,
     writer_task: Mutex<Option<JoinHandle<()>>>,
 }
-
 
 /// The seams a node is built from. What is not given comes from the
 /// configuration: with `--redis-url` and `--database-url` (cluster mode)
@@ -204,7 +201,6 @@ fn assemble(
         SequencerConfig {
             batch_max: cfg.writer.batch_max,
             queue: cfg.writer.writer_queue,
-            send_timeout: cfg.send.send_timeout(),
             idle_room: Duration::from_secs(600),
             on_fenced,
         },
@@ -283,7 +279,6 @@ fn assemble(
         presence,
         sessions,
         receipts,
-        retention,
         sequencer,
         router,
         limits,

@@ -14,7 +14,7 @@ use crate::names::public_name;
 use crate::shutdown::Shutdown;
 
 /// The receipts of one node.
-pub struct Receipts {
+pub(crate) struct Receipts {
     store: Arc<dyn HistoryStore>,
     fanout: Arc<FanOut>,
     interval: Duration,
@@ -25,7 +25,7 @@ pub struct Receipts {
 }
 
 impl Receipts {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn HistoryStore>,
         fanout: Arc<FanOut>,
         interval: Duration,
@@ -41,12 +41,12 @@ impl Receipts {
     }
 
     /// Start the broadcast loop on the node's shutdown.
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         self.shutdown.spawn(self.clone().run());
     }
 
     /// Persist a receipt position and queue it for the room's coalesced broadcast.
-    pub async fn mark(
+    pub(crate) async fn mark(
         &self,
         room: &str,
         user: &str,
@@ -80,7 +80,7 @@ impl Receipts {
     }
 
     /// Broadcast what is pending, one `receipt` frame per room.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         for (room, users) in pending {
             let frame = ServerFrame::Receipt {

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
 
 /// Trims a store by a retention policy.
-pub struct Trimmer {
+pub(crate) struct Trimmer {
     store: Arc<dyn HistoryStore>,
     policy: Option<Retention>,
     interval: Duration,
@@ -20,7 +20,7 @@ pub struct Trimmer {
 impl Trimmer {
     /// `max_age_secs` and `max_count` of 0 mean no bound; with neither there
     /// is no policy and nothing is trimmed.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn HistoryStore>,
         max_age_secs: u64,
         max_count: u64,
@@ -39,7 +39,7 @@ impl Trimmer {
     }
 
     /// Run retention once now; returns the messages deleted.
-    pub async fn trim_now(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn trim_now(&self) -> Result<u64, StoreError> {
         match self.policy {
             Some(r) => self.store.trim(r, now_ms()).await,
             None => Ok(0),
@@ -47,7 +47,7 @@ impl Trimmer {
     }
 
     /// Trim on the interval until the shutdown, when there is a policy.
-    pub fn start(self: &Arc<Self>, shutdown: &Shutdown) {
+    pub(crate) fn start(self: &Arc<Self>, shutdown: &Shutdown) {
         if self.policy.is_none() {
             return;
         }

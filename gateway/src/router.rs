@@ -17,15 +17,15 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::inbox::{Inbox, InboxHandler, InboxMessage};
 use crate::cluster::ownership::{Owner, Ownership};
+use crate::inbox::{Inbox, InboxHandler, InboxMessage};
 use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
 use crate::sequencer::Sequencer;
 use crate::shutdown::Shutdown;
 
 /// Routes sends to their room's writer.
 #[derive(Clone)]
-pub enum Router {
+pub(crate) enum Router {
     /// Every room is written here.
     Local(Sequencer),
     /// Rooms are written by their owners.
@@ -34,7 +34,7 @@ pub enum Router {
 
 impl Router {
     /// Queue a send without waiting; sends submitted in order are routed in order.
-    pub fn submit(
+    pub(crate) fn submit(
         &self,
         req: SendRequest,
     ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
@@ -42,11 +42,6 @@ impl Router {
             Router::Local(s) => s.enqueue(req),
             Router::Cluster(f) => f.submit(req),
         }
-    }
-
-    /// Submit and wait for the ack, at most `timeout`.
-    pub async fn send(&self, req: SendRequest, timeout: Duration) -> Result<Acked, SendError> {
-        await_ack(self.submit(req)?, timeout).await
     }
 }
 
@@ -70,7 +65,7 @@ struct InFlight {
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 
 /// The cluster router of one node.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     /// The routing task's queue.
     tx: mpsc::Sender<Job>,
     /// This node's id: where owners send their answers.
@@ -92,7 +87,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Start the routing task; it ends when `shutdown` begins.
     #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
+    pub(crate) fn spawn(
         node: String,
         inbox: Arc<dyn Inbox>,
         ownership: Arc<Ownership>,

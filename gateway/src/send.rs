@@ -63,10 +63,10 @@ impl From<StoreError> for SendError {
 }
 
 /// Where a send's outcome goes.
-pub type Reply = oneshot::Sender<Result<Acked, SendError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Acked, SendError>>;
 
 /// Wait for a queued send's ack, at most `timeout`.
-pub async fn await_ack(
+pub(crate) async fn await_ack(
     rx: oneshot::Receiver<Result<Acked, SendError>>,
     timeout: Duration,
 ) -> Result<Acked, SendError> {

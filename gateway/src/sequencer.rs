@@ -24,29 +24,26 @@ use tracing::{debug, warn};
 use crate::clock::now_ms;
 use crate::fanout::FanOut;
 use crate::names::public_name;
-use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
+use crate::send::{Acked, Reply, SendError, SendRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::msg_frame;
 
 /// Told the room of a fenced batch (cluster mode: forget the room's owner).
-pub type OnFenced = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type OnFenced = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Handle to the writer task.
 #[derive(Clone)]
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     tx: mpsc::Sender<(SendRequest, Reply)>,
-    timeout: Duration,
 }
 
 /// Tuning of the writer.
 #[derive(Clone)]
-pub struct SequencerConfig {
+pub(crate) struct SequencerConfig {
     /// Most messages per group commit.
     pub batch_max: usize,
     /// Pending sends before new ones are refused with `unavailable`.
     pub queue: usize,
-    /// How long a submitter waits for its ack.
-    pub send_timeout: Duration,
     /// Forget (and later re-claim) rooms idle this long, bounding the epoch map.
     pub idle_room: Duration,
     /// Called with a room whose batch was fenced (another node writes it now).
@@ -60,7 +57,7 @@ impl Sequencer {
     /// `reclaims` (cluster mode) names rooms whose epoch must be claimed again
     /// before the next commit there: this node took the room anew (see
     /// `ownership`). Each is applied before any send queued after it.
-    pub fn spawn(
+    pub(crate) fn spawn(
         cfg: SequencerConfig,
         store: Arc<dyn HistoryStore>,
         fanout: Arc<FanOut>,
@@ -76,18 +73,12 @@ impl Sequencer {
             reclaims,
         };
         let task = shutdown.spawn(writer.run(rx, shutdown.clone()));
-        (
-            Sequencer {
-                tx,
-                timeout: cfg.send_timeout,
-            },
-            task,
-        )
+        (Sequencer { tx }, task)
     }
 
     /// Queue one message without waiting. Calls in order are sequenced in order,
     /// so a connection can pipeline its sends and keep their order.
-    pub fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         req: SendRequest,
     ) -> Result<oneshot::Receiver<Result<Acked, SendError>>, SendError> {
@@ -97,7 +88,7 @@ impl Sequencer {
     }
 
     /// `enqueue` with the caller's reply channel.
-    pub fn enqueue_reply(&self, req: SendRequest, reply: Reply) -> Result<(), SendError> {
+    pub(crate) fn enqueue_reply(&self, req: SendRequest, reply: Reply) -> Result<(), SendError> {
         self.tx.try_send((req, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 SendError::Unavailable("writer queue full".into())
@@ -108,13 +99,8 @@ impl Sequencer {
         })
     }
 
-    /// Sequence one message and wait for its ack.
-    pub async fn submit(&self, req: SendRequest) -> Result<Acked, SendError> {
-        await_ack(self.enqueue(req)?, self.timeout).await
-    }
-
     /// Sends waiting for the writer (a gauge for metrics).
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }

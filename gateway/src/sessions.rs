@@ -39,7 +39,7 @@ struct SessionSlot {
 
 /// The part of the configuration sessions use.
 #[derive(Debug, Clone)]
-pub struct SessionsConfig {
+pub(crate) struct SessionsConfig {
     /// A room with more users online than this is hot: counts, not lists
     /// (`--presence-hot-users`).
     pub hot_users: u64,
@@ -50,7 +50,7 @@ pub struct SessionsConfig {
 }
 
 /// The sessions of one node (see the module docs).
-pub struct Sessions {
+pub(crate) struct Sessions {
     cfg: SessionsConfig,
     presence: Arc<dyn Presence>,
     fanout: Arc<FanOut>,
@@ -63,7 +63,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(
+    pub(crate) fn new(
         cfg: SessionsConfig,
         presence: Arc<dyn Presence>,
         fanout: Arc<FanOut>,
@@ -81,7 +81,7 @@ impl Sessions {
 
     /// Start the sessions' loops (the presence heartbeat, hot counts) on the
     /// node's shutdown.
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         self.shutdown.spawn(self.clone().run_presence_heartbeat());
         self.shutdown.spawn(self.clone().hot_count_loop());
     }
@@ -90,7 +90,7 @@ impl Sessions {
     /// other); returns its generation. The session's rooms are kept: a resumed
     /// session stays present in them until `settle` says which ones the
     /// new connection re-joined.
-    pub async fn attach(&self, entry: PresenceEntry, kill: Option<Arc<Kill>>) -> u64 {
+    pub(crate) async fn attach(&self, entry: PresenceEntry, kill: Option<Arc<Kill>>) -> u64 {
         let generation = match self.presence.attach(entry.clone()).await {
             Ok(g) => g,
             Err(e) => {
@@ -127,7 +127,13 @@ impl Sessions {
     /// A resumed connection finished re-joining `rooms`: the session leaves the
     /// rooms its previous connection had and this one did not take back (unless
     /// a newer connection attached meanwhile, which settles itself).
-    pub async fn settle(&self, session: &str, generation: u64, rooms: &[String], user: &str) {
+    pub(crate) async fn settle(
+        &self,
+        session: &str,
+        generation: u64,
+        rooms: &[String],
+        user: &str,
+    ) {
         if let Some(mut slot) = self.slots.get_mut(session)
             && slot.generation == generation
         {
@@ -146,7 +152,7 @@ impl Sessions {
     /// A connection of `session` entered a room: presence join, diff if the user
     /// came online in it. Returns the room's online count when announcing
     /// needed it (the join reply reuses it instead of asking again).
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         room: &str,
         session: &str,
@@ -173,7 +179,7 @@ impl Sessions {
     }
 
     /// A connection of `session` left a room explicitly: immediate presence leave.
-    pub async fn leave(&self, room: &str, session: &str, user: &str) {
+    pub(crate) async fn leave(&self, room: &str, session: &str, user: &str) {
         if let Some(mut slot) = self.slots.get_mut(session) {
             slot.rooms.remove(room);
         }
@@ -242,7 +248,7 @@ impl Sessions {
     /// A connection of a session ended. After the grace period, unless the session
     /// was resumed meanwhile (a newer generation attached, on this node or any
     /// other, which settles the rooms itself), its presence goes.
-    pub fn detach(self: &Arc<Self>, session: String, generation: u64, user: String) {
+    pub(crate) fn detach(self: &Arc<Self>, session: String, generation: u64, user: String) {
         let sessions = self.clone();
         let grace = self.cfg.grace;
         self.shutdown.spawn(async move {
@@ -275,7 +281,7 @@ impl Sessions {
     /// puts back whatever it lost; users who thereby came back into a room are
     /// announced as joined), then sweep the rooms this node has sessions in and
     /// announce the users whose entries expired (another node died or stalled).
-    pub async fn heartbeat(&self) {
+    pub(crate) async fn heartbeat(&self) {
         let live: Vec<LiveSession> = self
             .slots
             .iter()

@@ -13,7 +13,7 @@ use chorus_protocol::{Json, Message, ServerFrame};
 /// room's history unreadable. Such a body is served as `null` (a meta is
 /// dropped), counted in `chorus_history_invalid_rows_total` and logged; the
 /// message keeps its place so that sequence numbers stay gap-free.
-pub fn to_message(room: &str, m: StoredMessage) -> Message {
+pub(crate) fn to_message(room: &str, m: StoredMessage) -> Message {
     let body = match app_json(room, m.seq, "body", m.body) {
         Some(body) => body,
         None => Json::from_value(&serde_json::Value::Null),
@@ -33,7 +33,7 @@ pub fn to_message(room: &str, m: StoredMessage) -> Message {
 
 /// A message as its serialised `msg` frame (encoded once, shared by every
 /// connection it goes to).
-pub fn msg_frame(message: Message) -> Utf8Bytes {
+pub(crate) fn msg_frame(message: Message) -> Utf8Bytes {
     Utf8Bytes::from(ServerFrame::Msg(message).encode())
 }
 
@@ -56,7 +56,7 @@ fn app_json(room: &str, seq: u64, field: &'static str, text: String) -> Option<J
 /// One history page: `after` ascending, `before` the newest below it, neither
 /// the newest of the room. Returns the messages ascending and whether more exist
 /// in the paging direction.
-pub async fn read_page(
+pub(crate) async fn read_page(
     store: &dyn HistoryStore,
     key: &str,
     before: Option<u64>,

@@ -35,14 +35,14 @@ fn builder(url: &str, channel_capacity: usize) -> Result<Builder, Error> {
 
 /// A command client (the broker's publisher, ownership, presence, the send
 /// limits), connected.
-pub async fn command_client(url: &str) -> Result<Client, Error> {
+pub(crate) async fn command_client(url: &str) -> Result<Client, Error> {
     let client = builder(url, COMMAND_CHANNELS)?.build()?;
     client.init().await?;
     Ok(client)
 }
 
 /// The subscriber connection of the broker, connected.
-pub async fn subscriber_client(url: &str) -> Result<SubscriberClient, Error> {
+pub(crate) async fn subscriber_client(url: &str) -> Result<SubscriberClient, Error> {
     let subscriber = builder(url, SUBSCRIBER_CHANNELS)?.build_subscriber_client()?;
     subscriber.init().await?;
     Ok(subscriber)

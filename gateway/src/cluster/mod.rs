@@ -4,8 +4,8 @@
 //! traits (`broker::redis`, which also carries the `inbox`; `presence::redis`;
 //! the send limits' buckets in `ratelimit`), built on these clients.
 
-pub mod client;
-pub mod ownership;
+pub(crate) mod client;
+pub(crate) mod ownership;
 
 use std::sync::Arc;
 
@@ -14,10 +14,10 @@ use ownership::Ownership;
 
 /// Rooms taken anew that the writer has not yet re-claimed, at most (beyond,
 /// the store's fence answers for them: see `Ownership`).
-pub const RECLAIM_QUEUE: usize = 4_096;
+pub(crate) const RECLAIM_QUEUE: usize = 4_096;
 
 /// The cluster-mode parts of a node.
-pub struct ClusterParts {
+pub(crate) struct ClusterParts {
     /// Other nodes' inboxes (the Redis broker): where sends are forwarded.
     pub inbox: Arc<dyn Inbox>,
     pub ownership: Arc<Ownership>,

@@ -24,7 +24,7 @@ const RELEASE_LUA: &str = include_str!("lua/lease_release.lua");
 
 /// Who writes a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     /// This node holds the lease.
     Me,
     /// Another node holds it.
@@ -32,7 +32,7 @@ pub enum Owner {
 }
 
 /// The lease keeper of one node.
-pub struct Ownership {
+pub(crate) struct Ownership {
     client: Client,
     prefix: String,
     node: String,
@@ -51,7 +51,7 @@ pub struct Ownership {
 }
 
 impl Ownership {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         prefix: String,
         node: String,
@@ -77,7 +77,7 @@ impl Ownership {
 
     /// Renew this node's leases three times per lease until the shutdown;
     /// rooms idle a minute are released.
-    pub fn start(self: &Arc<Self>, shutdown: &Shutdown) {
+    pub(crate) fn start(self: &Arc<Self>, shutdown: &Shutdown) {
         let (ownership, stop) = (self.clone(), shutdown.clone());
         shutdown.spawn(async move {
             let mut tick = tokio::time::interval(ownership.lease / 3);
@@ -91,7 +91,7 @@ impl Ownership {
     }
 
     /// Whether this node holds the room's lease (as far as it knows).
-    pub fn owns(&self, room: &str) -> bool {
+    pub(crate) fn owns(&self, room: &str) -> bool {
         match self.owned.get_mut(room) {
             Some(mut used) => {
                 *used = Instant::now();
@@ -102,7 +102,7 @@ impl Ownership {
     }
 
     /// The room's owner; takes the lease when nobody holds it.
-    pub async fn resolve(&self, room: &str) -> Result<Owner, Error> {
+    pub(crate) async fn resolve(&self, room: &str) -> Result<Owner, Error> {
         if self.owns(room) {
             return Ok(Owner::Me);
         }
@@ -170,7 +170,7 @@ impl Ownership {
 
     /// Forget what is known about a room's owner (after a failed forward, or a
     /// fenced commit): the next `resolve` asks Redis.
-    pub fn invalidate(&self, room: &str) {
+    pub(crate) fn invalidate(&self, room: &str) {
         self.seen.remove(room);
         if self.owned.remove(room).is_some() {
             metrics::counter!("chorus_owner_leases_lost_total").increment(1);
@@ -179,7 +179,7 @@ impl Ownership {
 
     /// Renew the leases of rooms used within `idle`; release the others. Rooms
     /// whose lease is gone or held elsewhere are forgotten.
-    pub async fn renew(&self, idle: Duration) {
+    pub(crate) async fn renew(&self, idle: Duration) {
         let rooms: Vec<(String, Instant)> = self
             .owned
             .iter()
@@ -219,7 +219,7 @@ impl Ownership {
     }
 
     /// Give every lease up (drain): other nodes take the rooms at once.
-    pub async fn release_all(&self) {
+    pub(crate) async fn release_all(&self) {
         let rooms: Vec<String> = self.owned.iter().map(|e| e.key().clone()).collect();
         self.owned.clear();
         for room in rooms {
@@ -228,10 +228,5 @@ impl Ownership {
                 .evalsha_with_reload::<i64, _, _>(&self.client, self.key(&room), self.node.as_str())
                 .await;
         }
-    }
-
-    /// Rooms this node holds.
-    pub fn owned_count(&self) -> usize {
-        self.owned.len()
     }
 }

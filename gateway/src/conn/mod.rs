@@ -48,7 +48,7 @@ use timers::{MAX_TIMER, exp_ms, token_timers};
 
 /// What a connection reads from and writes to: axum's WebSocket, or in a test
 /// any stream and sink of WebSocket messages.
-pub trait Socket:
+pub(crate) trait Socket:
     Stream<Item = Result<WsMessage, axum::Error>>
     + Sink<WsMessage, Error = axum::Error>
     + Unpin
@@ -68,7 +68,7 @@ impl<T> Socket for T where
 
 /// Credentials found on the upgrade request.
 #[derive(Debug, Default, Clone)]
-pub struct UpgradeAuth {
+pub(crate) struct UpgradeAuth {
     /// From `Authorization: Bearer` or `?access_token=`.
     pub token: Option<String>,
     /// From `?user=` (dev mode only).
@@ -117,7 +117,12 @@ pub(crate) struct Joined {
 /// A panic anywhere in the connection's work is caught here: counted, logged
 /// once (by the panic hook), answered with close 4003 `internal_error`; the
 /// node and every other connection carry on.
-pub async fn serve<S: Socket>(node: Arc<Node>, ws: S, creds: UpgradeAuth, slot: Option<Slot>) {
+pub(crate) async fn serve<S: Socket>(
+    node: Arc<Node>,
+    ws: S,
+    creds: UpgradeAuth,
+    slot: Option<Slot>,
+) {
     let mut ws = ws;
     let Some(Accepted {
         ident,
