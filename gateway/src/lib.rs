@@ -39,7 +39,9 @@
 //!   HTTP/1 timeouts, lingering close.
 //! - `jwks`: the identity provider's key set (file or URL), cached and
 //!   refetched (rate-limited) when a token names an unknown key id.
-//! - `http`: routes: `/ws`, `/v1/...`, health, readiness, metrics, demo page.
+//! - `http/`: routes (`mod.rs`: health, readiness, metrics, demo page, the key
+//!   check), the upgrade at `/ws` (`ws.rs`), the JSON API under `/v1` (`api.rs`),
+//!   the API's error shape (`error.rs`).
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
 //! - `wire`: stored messages as protocol messages and `msg` frames, history pages.
 //! - `shutdown`: the signal every background loop exits on, and the tracker
