@@ -8,7 +8,8 @@
 //! - [`token`]: HS256 JWTs for tests.
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, blackhole,
 //!   half-open, reset) for a node's links to Redis and PostgreSQL.
-//! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary.
+//! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary (its own
+//!   layout: schedule, workload, faults, observers, publishing, finish, check).
 //! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
 //!   PID when dropped and when the test process exits (a folder: `redis`,
