@@ -2,7 +2,15 @@
 //!
 //! Layout:
 //! - [`frame`]: every frame as serde types, decoding with precise errors, message
-//!   and presence shapes, room name rules.
+//!   and presence shapes, room name rules. A folder split by concept into
+//!   private modules, everything public re-exported from `frame`:
+//!   - `raw`: `Json`, an application JSON value kept as its raw text.
+//!   - `client`: `ClientFrame` (op names, request ids, encoding) and `Resume`.
+//!   - `decode`: `ClientFrame::decode` and `DecodeError`.
+//!   - `server`: `ServerFrame` and the shapes it carries (`Message`,
+//!     `RoomState`, `Limits`, `PresenceUser`, `DeviceInfo`, `Receipt`).
+//!   - `tests` (tests only): decoding, round trips, the name rules.
+//!   - the folder's `mod.rs`: the version, the subprotocol and the name rules.
 //! - [`json`]: the rules every application JSON value (bodies, meta) obeys.
 //! - [`codes`]: close codes (reconnect vs do-not-reconnect ranges) and error codes.
 //! - `client` (feature `client`): an async Rust client used by tests, the chaos

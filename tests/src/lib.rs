@@ -8,10 +8,12 @@
 //! - [`token`]: HS256 JWTs for tests.
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, blackhole,
 //!   half-open, reset) for a node's links to Redis and PostgreSQL.
-//! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary.
+//! - [`chaos`]: the chaos harness behind the `chorus-chaos` binary (its own
+//!   layout: schedule, workload, faults, observers, publishing, finish, check).
 //! - [`load`]: lean chorus and Socket.IO connections for `chorus-load`.
 //! - [`services`]: real Redis and PostgreSQL servers on free ports, stopped by
-//!   PID when dropped and when the test process exits.
+//!   PID when dropped and when the test process exits (a folder: `redis`,
+//!   `postgres`, the `supervisor` shell, `process`).
 //! - [`raw`]: a bare WebSocket speaking the JSON protocol by hand.
 //! - [`wait`]: bounded waits on a client's events.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test

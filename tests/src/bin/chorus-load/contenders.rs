@@ -1,0 +1,164 @@
+//! Starting the contenders: a chorus node or a 2-node chorus cluster (its own
+//! Redis and PostgreSQL), or a Socket.IO or socketioxide peer process; each
+//! server pinned to CPU 0.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use chorus_tests::cluster::{Cluster, RedisHandle};
+use chorus_tests::load::{self, Proto, Server};
+use chorus_tests::services::{PostgresServer, RedisServer};
+use chorus_tests::{GatewayProcess, UNLIMITED};
+
+/// The repository root (this binary lives in target/<profile>/).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A peer process, killed on drop.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a peer that prints `listening on 127.0.0.1:PORT` when ready.
+fn start_peer(name: &'static str, mut cmd: Command) -> anyhow::Result<Server> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow::anyhow!("{name} did not start: {line:?}"))?
+        .parse()?;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let pid = child.id();
+    Ok(Server {
+        name,
+        proto: Proto::SocketIo,
+        addr,
+        pid,
+        guard: Box::new(Peer(child)),
+    })
+}
+
+/// `program` started on CPU 0 (through `taskset`, which execs it: the PID
+/// stays the server's), so a runtime that sizes its thread pool by the CPUs it
+/// may use starts with one worker. `tests/bench/run` does the same for chorus.
+fn on_cpu0(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Start a contender by name.
+pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
+    let server = match name {
+        "chorus" => {
+            let mut flags: Vec<&str> = UNLIMITED.to_vec();
+            flags.extend(["--max-connections-per-user", "100000"]);
+            let node = GatewayProcess::start(&flags);
+            Server {
+                name: "chorus",
+                proto: Proto::Chorus,
+                addr: node.addr.parse()?,
+                pid: node.pid(),
+                guard: Box::new(node),
+            }
+        }
+        "socketio" => {
+            let mut cmd = on_cpu0("node");
+            cmd.arg(root().join("tests/bench/peers/socketio/server.js"))
+                .args(["--port", "0", "--redis", &redis.url()]);
+            start_peer("Socket.IO", cmd)?
+        }
+        "socketioxide" => {
+            let bin =
+                root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
+            let mut cmd = on_cpu0(bin);
+            cmd.args(["--port", "0", "--redis", &redis.url()]);
+            start_peer("socketioxide", cmd)?
+        }
+        other => anyhow::bail!("unknown contender {other}"),
+    };
+    load::pin(server.pid, "0");
+    Ok(server)
+}
+
+/// Two instances of a contender sharing one Redis: chorus as a 2-node cluster
+/// (its own Redis and PostgreSQL), the peers as two processes with their
+/// Redis adapter on `redis`.
+pub(crate) fn start_pair(name: &str, redis: &RedisServer) -> anyhow::Result<Vec<Server>> {
+    start_pair_with(name, redis, &[])
+}
+
+/// [`start_pair`] with extra chorus flags.
+pub(crate) fn start_pair_with(
+    name: &str,
+    redis: &RedisServer,
+    extra: &[&str],
+) -> anyhow::Result<Vec<Server>> {
+    if name != "chorus" {
+        return Ok(vec![start(name, redis)?, start(name, redis)?]);
+    }
+    let mut flags: Vec<&str> = UNLIMITED.to_vec();
+    flags.extend(["--max-connections-per-user", "100000"]);
+    flags.extend(extra);
+    let pg = PostgresServer::start();
+    let database_url = pg.create_database();
+    let cluster = Cluster::start_on(
+        2,
+        &flags,
+        RedisHandle::Owned(RedisServer::start()),
+        database_url,
+    );
+    let servers: Vec<Server> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let pid = n.pid();
+            load::pin(pid, "0");
+            Ok(Server {
+                name: "chorus",
+                proto: Proto::Chorus,
+                addr: n.addr.parse()?,
+                pid,
+                guard: Box::new(()),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut servers = servers;
+    // The first server keeps the whole cluster (and its PostgreSQL) alive.
+    servers[0].guard = Box::new((cluster, pg));
+    Ok(servers)
+}
