@@ -19,10 +19,10 @@ fn openapi() -> Value {
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
-/// Every `.route(PATH, METHOD_ROUTER)` of `gateway/src/http.rs`: the path and
+/// Every `.route(PATH, METHOD_ROUTER)` of `gateway/src/http/mod.rs`: the path and
 /// the methods it serves.
 fn served_routes() -> Vec<(String, Vec<&'static str>)> {
-    let src = String::from_utf8(repo_file("gateway/src/http.rs")).unwrap();
+    let src = String::from_utf8(repo_file("gateway/src/http/mod.rs")).unwrap();
     let mut out = Vec::new();
     let mut rest = src.as_str();
     while let Some(i) = rest.find(".route(") {
