@@ -45,7 +45,10 @@ fn auths() -> &'static [Auth; 2] {
                 RESUME_SECRET,
             ];
             args.extend_from_slice(extra);
-            Auth::new(&Config::from_args(args).expect("fuzz config")).expect("fuzz auth")
+            {
+                let cfg = Config::from_args(args).expect("fuzz config");
+                Auth::new(&cfg.auth, cfg.dev_auth()).expect("fuzz auth")
+            }
         };
         let public = concat!(env!("CARGO_MANIFEST_DIR"), "/keys/es256-public.pem");
         [

@@ -18,12 +18,13 @@
 //! that paging must survive. `pending` turns on both.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use chorus_gateway::{Config, Node, http};
+use chorus_history::SqliteStore;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -59,9 +60,16 @@ fn fixture() -> &'static Fixture {
             "fuzz-jwt-secret",
         ])
         .expect("fuzz config");
-        let node = rt.block_on(Node::start(cfg)).expect("node starts");
+        // The node's store, opened here so that legacy rows can be written
+        // into it first (the node is built on it: `Node::builder(..).store`).
+        let store = rt
+            .block_on(SqliteStore::open(&dir.path().join("chorus.db")))
+            .expect("store opens");
         #[cfg(feature = "legacy-rows")]
-        rt.block_on(legacy_rows(&node));
+        rt.block_on(legacy_rows(&store));
+        let node = rt
+            .block_on(Node::builder(cfg).store(Arc::new(store)).start())
+            .expect("node starts");
         Fixture {
             router: http::router(node),
             rt,
@@ -72,10 +80,10 @@ fn fixture() -> &'static Fixture {
 
 /// Rows an earlier version (or a hand edit) may have left in the store.
 #[cfg(feature = "legacy-rows")]
-async fn legacy_rows(node: &Node) {
-    use chorus_history::{NewMessage, RoomBatch};
+async fn legacy_rows(store: &SqliteStore) {
+    use chorus_history::{HistoryStore, NewMessage, RoomBatch};
     let room = "legacy";
-    let claim = node.store.claim_room(room).await.expect("claim");
+    let claim = store.claim_room(room).await.expect("claim");
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
     let bodies = [r#"{"n":1e400}"#.to_owned(), deep, r#""\ud800""#.to_owned()];
     let messages = bodies
@@ -90,7 +98,7 @@ async fn legacy_rows(node: &Node) {
             ts: 1,
         })
         .collect();
-    node.store
+    store
         .append(&[RoomBatch {
             room: room.into(),
             epoch: claim.epoch,

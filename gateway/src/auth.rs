@@ -15,7 +15,7 @@ use crate::names::{namespaced, valid_tenant, valid_user};
 
 /// Who a connection or API call acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
+pub struct Identity {
     /// The user id (`sub`).
     pub user: String,
     /// Tenant namespace; `None` is the default tenant.
@@ -33,7 +33,7 @@ pub(crate) struct Identity {
 /// and `iss` are kept as JSON so that their types can be checked when they
 /// are required.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Claims {
+pub struct Claims {
     pub sub: String,
     #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
@@ -96,7 +96,7 @@ struct IssuerOnly {
 
 /// Why authentication failed; each maps to a close code and an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum AuthError {
+pub enum AuthError {
     #[error("missing token")]
     Missing,
     #[error("invalid token: {0}")]
@@ -110,7 +110,7 @@ pub(crate) enum AuthError {
 }
 
 impl AuthError {
-    pub(crate) fn close_code(&self) -> CloseCode {
+    pub fn close_code(&self) -> CloseCode {
         match self {
             AuthError::Missing | AuthError::Invalid(_) => CloseCode::Unauthorized,
             AuthError::Expired => CloseCode::TokenExpired,
@@ -121,7 +121,7 @@ impl AuthError {
 
 impl Identity {
     /// Whether this identity may join/read `room` (a valid room name).
-    pub(crate) fn allows(&self, room: &str) -> bool {
+    pub fn allows(&self, room: &str) -> bool {
         if let Some(rest) = room.strip_prefix("dm:") {
             // Direct rooms admit exactly their two members, whatever the patterns say.
             let mut parts = rest.split(':');
@@ -136,12 +136,12 @@ impl Identity {
     }
 
     /// The store/hub key of a room: rooms of different tenants never meet.
-    pub(crate) fn room_key(&self, room: &str) -> String {
+    pub fn room_key(&self, room: &str) -> String {
         namespaced(self.tenant.as_deref(), room)
     }
 
     /// The store key of this user.
-    pub(crate) fn user_key(&self) -> String {
+    pub fn user_key(&self) -> String {
         namespaced(self.tenant.as_deref(), &self.user)
     }
 }
@@ -168,14 +168,14 @@ struct ResumeClaims {
 
 /// A verified resume token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ResumeGrant {
+pub struct ResumeGrant {
     pub session: String,
     pub user: String,
     pub tenant: Option<String>,
 }
 
 /// Verifies client tokens and signs resume tokens.
-pub(crate) struct Auth {
+pub struct Auth {
     hs256: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
     /// The identity provider's key set (`--jwt-jwks-file` / `--jwt-jwks-url`).
@@ -193,7 +193,7 @@ pub(crate) struct Auth {
 /// Clock skew tolerated on `exp`, `nbf` and `iat` when a token is presented
 /// (`hello`, `refresh`), seconds. Not applied once connected: the connection
 /// ends at `exp` itself.
-pub(crate) const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 /// Unix time in seconds.
 fn now_secs() -> u64 {
@@ -203,7 +203,7 @@ fn now_secs() -> u64 {
 impl Auth {
     /// Keys and settings from `cfg`; `dev` accepts `?user=NAME` identities
     /// (`Config::dev_auth`).
-    pub(crate) fn new(cfg: &AuthConfig, dev: bool) -> Result<Auth, String> {
+    pub fn new(cfg: &AuthConfig, dev: bool) -> Result<Auth, String> {
         let hs256 = cfg
             .jwt_secret
             .as_ref()
@@ -261,14 +261,14 @@ impl Auth {
     }
 
     /// Whether `?user=NAME` identities are accepted.
-    pub(crate) fn dev(&self) -> bool {
+    pub fn dev(&self) -> bool {
         self.dev
     }
 
     /// Verify a client JWT: its signature (the header's `alg` picks the key:
     /// the secret for HS256; for RS256/ES256 the PEM key, then the JWKS key
     /// named by `kid`), then its claims.
-    pub(crate) async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let alg = header.alg;
@@ -384,7 +384,7 @@ impl Auth {
     }
 
     /// Resolve a connection's identity: a token wins; else a dev `?user=`.
-    pub(crate) async fn authenticate(
+    pub async fn authenticate(
         &self,
         token: Option<&str>,
         dev_user: Option<&str>,
@@ -416,7 +416,7 @@ impl Auth {
         clippy::expect_used,
         reason = "HMAC signing of plain claims cannot fail"
     )]
-    pub(crate) fn resume_token(&self, session: &str, id: &Identity) -> String {
+    pub fn resume_token(&self, session: &str, id: &Identity) -> String {
         let claims = ResumeClaims {
             sid: session.to_owned(),
             sub: id.user.clone(),
@@ -428,7 +428,7 @@ impl Auth {
     }
 
     /// Verify a resume token; `None` if forged, expired or malformed.
-    pub(crate) fn verify_resume(&self, token: &str) -> Option<ResumeGrant> {
+    pub fn verify_resume(&self, token: &str) -> Option<ResumeGrant> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_exp = false;
         validation.required_spec_claims.clear();

@@ -48,7 +48,7 @@
 //!   of their tasks that the drain waits for.
 
 mod admission;
-mod auth;
+pub mod auth;
 pub mod broker;
 mod clock;
 mod cluster;
@@ -61,7 +61,7 @@ pub mod inbox;
 mod jwks;
 pub mod listener;
 pub mod metrics;
-mod names;
+pub mod names;
 pub mod node;
 mod ops;
 pub mod presence;

@@ -4,7 +4,7 @@
 
 /// User ids: 1 to 128 characters from `A-Z a-z 0-9 _ - . @` (no `:` or `/`, which
 /// separate direct-room members and tenant namespaces).
-pub(crate) fn valid_user(user: &str) -> bool {
+pub fn valid_user(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= 128
         && user
@@ -13,12 +13,12 @@ pub(crate) fn valid_user(user: &str) -> bool {
 }
 
 /// Tenant ids follow the user id rules.
-pub(crate) fn valid_tenant(tenant: &str) -> bool {
+pub fn valid_tenant(tenant: &str) -> bool {
     valid_user(tenant)
 }
 
 /// `tenant/name`, or `name` for the default tenant.
-pub(crate) fn namespaced(tenant: Option<&str>, name: &str) -> String {
+pub fn namespaced(tenant: Option<&str>, name: &str) -> String {
     match tenant {
         Some(t) => format!("{t}/{name}"),
         None => name.to_owned(),
@@ -26,6 +26,6 @@ pub(crate) fn namespaced(tenant: Option<&str>, name: &str) -> String {
 }
 
 /// The public name from a namespaced key.
-pub(crate) fn public_name(key: &str) -> &str {
+pub fn public_name(key: &str) -> &str {
     key.rsplit_once('/').map(|(_, n)| n).unwrap_or(key)
 }

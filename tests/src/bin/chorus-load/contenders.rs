@@ -1,6 +1,6 @@
 //! Starting the contenders: a chorus node or a 2-node chorus cluster (its own
-//! Redis and PostgreSQL), or a Socket.IO or socketioxide peer process; each
-//! server pinned to CPU 0.
+//! Redis and PostgreSQL), the floor (`chorus-floor`, beside this binary), or a
+//! Socket.IO or socketioxide peer process; each server pinned to CPU 0.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ impl Drop for Peer {
 }
 
 /// Start a peer that prints `listening on 127.0.0.1:PORT` when ready.
-fn start_peer(name: &'static str, mut cmd: Command) -> anyhow::Result<Server> {
+fn start_peer(name: &'static str, proto: Proto, mut cmd: Command) -> anyhow::Result<Server> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -55,7 +55,7 @@ fn start_peer(name: &'static str, mut cmd: Command) -> anyhow::Result<Server> {
     let pid = child.id();
     Ok(Server {
         name,
-        proto: Proto::SocketIo,
+        proto,
         addr,
         pid,
         guard: Box::new(Peer(child)),
@@ -100,14 +100,21 @@ pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
             let mut cmd = on_cpu0("node");
             cmd.arg(root().join("tests/bench/peers/socketio/server.js"))
                 .args(["--port", "0", "--redis", &redis.url()]);
-            start_peer("Socket.IO", cmd)?
+            start_peer("Socket.IO", Proto::SocketIo, cmd)?
         }
         "socketioxide" => {
             let bin =
                 root().join("tests/bench/peers/socketioxide/target/release/socketioxide-peer");
             let mut cmd = on_cpu0(bin);
             cmd.args(["--port", "0", "--redis", &redis.url()]);
-            start_peer("socketioxide", cmd)?
+            start_peer("socketioxide", Proto::SocketIo, cmd)?
+        }
+        "floor" => {
+            // Built beside this binary (tests/bench/run builds both).
+            let bin = std::env::current_exe()?.with_file_name("chorus-floor");
+            let mut cmd = on_cpu0(bin);
+            cmd.args(["--port", "0"]);
+            start_peer("floor", Proto::Chorus, cmd)?
         }
         other => anyhow::bail!("unknown contender {other}"),
     };
@@ -128,6 +135,10 @@ pub(crate) fn start_pair_with(
     redis: &RedisServer,
     extra: &[&str],
 ) -> anyhow::Result<Vec<Server>> {
+    if name == "floor" {
+        // One process is the floor of any number of nodes: no hop between them.
+        return Ok(vec![start(name, redis)?]);
+    }
     if name != "chorus" {
         return Ok(vec![start(name, redis)?, start(name, redis)?]);
     }
