@@ -24,7 +24,9 @@
 //!   send-to-receive and send-to-ack percentiles (chorus acks after commit).
 //! - durable (chorus only): sends acked per second on a 2-node cluster, each
 //!   committed to PostgreSQL; with group commit and with one commit per
-//!   message (`--batch-max 1`).
+//!   message (`--batch-max 1`); then PostgreSQL's own ceiling for the same
+//!   rows from a plain client (`ceiling`: UNNEST and COPY, several batch
+//!   sizes and connection counts).
 //! - fan-out: one node, a room of M members, 100-byte messages at stepped
 //!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
 //!   lag and deliveries per server CPU-second; the highest rate with every
@@ -38,10 +40,11 @@
 //! floor, the Socket.IO and socketioxide peers, pinned to CPU 0); `connections` the
 //! scenarios about connections (idle, storm) and opening receivers;
 //! `traffic` the scenarios that move messages (rooms, latency, durable,
-//! fan-out); `table` the closing table; this file: the command line and the
+//! fan-out); `ceiling` PostgreSQL's ceiling beside the durable scenario; `table` the closing table; this file: the command line and the
 //! order of the run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod ceiling;
 mod connections;
 mod contenders;
 mod table;
@@ -55,6 +58,7 @@ use chorus_tests::services::RedisServer;
 use clap::Parser;
 use serde_json::json;
 
+use ceiling::pg_ceiling;
 use connections::{idle, storm};
 use contenders::{start, start_pair};
 use table::print_table;
@@ -197,6 +201,20 @@ async fn main() -> anyhow::Result<()> {
                     let v = v.unwrap_or_else(|e| failed("durable", e));
                     figures.insert(key.into(), v);
                 }
+                // PostgreSQL's own ceiling for the same rows, from a plain client.
+                let secs = if args.quick { 1 } else { 5 };
+                let v = pg_ceiling(secs, args.quick).await;
+                let v = v.unwrap_or_else(|e| failed("PostgreSQL ceiling", e));
+                if let (Some(a), Some(c)) = (
+                    figures["durable"]["acks_per_sec"].as_f64(),
+                    v["rows_per_sec"].as_f64(),
+                ) {
+                    println!(
+                        "  {name:<13} durable acks/s / PostgreSQL ceiling rows/s = {:.2}",
+                        a / c.max(1.0)
+                    );
+                }
+                figures.insert("durable_ceiling".into(), v);
             } else {
                 println!("  {name:<13} durable: not applicable (it stores nothing)");
             }

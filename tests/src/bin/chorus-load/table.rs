@@ -41,6 +41,11 @@ pub(crate) fn print_table(out: &serde_json::Value, contenders: &[String], member
             false,
         ),
         (
+            "durable: PostgreSQL's ceiling, plain client, same rows: rows/s".into(),
+            "/durable_ceiling/rows_per_sec",
+            false,
+        ),
+        (
             "storm: seconds until all are back".into(),
             "/storm/all_back_secs",
             false,
