@@ -243,6 +243,7 @@ fn assemble(
     let sessions = Sessions::new(
         SessionsConfig {
             hot_users: cfg.presence.presence_hot_users,
+            coalesce_users: cfg.presence.presence_coalesce_users,
             grace: cfg.presence.grace(),
             count_interval: Duration::from_millis(cfg.presence.presence_count_interval_ms),
         },

@@ -2,7 +2,8 @@
 //! connection, or one in its grace period), attach / settle / detach with the
 //! grace, presence joins and leaves with their diffs, the heartbeat that
 //! refreshes this node's sessions in the presence seam and sweeps what
-//! other nodes left, and hot rooms' coalesced online counts.
+//! other nodes left, coalesced diffs of busy rooms and hot rooms' online
+//! counts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -43,9 +44,13 @@ pub(crate) struct SessionsConfig {
     /// A room with more users online than this is hot: counts, not lists
     /// (`--presence-hot-users`).
     pub hot_users: u64,
+    /// A room with more users online than this gets coalesced diffs
+    /// (`--presence-coalesce-users`).
+    pub coalesce_users: u64,
     /// How long a closed connection's session stays present (`--presence-grace-ms`).
     pub grace: Duration,
-    /// How often hot rooms' changed counts go out (`--presence-count-interval-ms`).
+    /// How often hot rooms' changed counts and coalesced diffs go out
+    /// (`--presence-count-interval-ms`).
     pub count_interval: Duration,
 }
 
@@ -60,6 +65,10 @@ pub(crate) struct Sessions {
     /// Hot rooms whose online count changed since the last count broadcast.
     /// A std Mutex: touched briefly, never across `.await`.
     hot_dirty: Mutex<BTreeSet<String>>,
+    /// Busy rooms' presence changes not yet announced: room -> user -> their
+    /// last change (`Some`: came online, with their devices; `None`: went
+    /// offline). A std Mutex, as `hot_dirty`.
+    pending: Mutex<HashMap<String, BTreeMap<String, Option<chorus_protocol::PresenceUser>>>>,
 }
 
 impl Sessions {
@@ -76,6 +85,7 @@ impl Sessions {
             shutdown: shutdown.clone(),
             slots: DashMap::new(),
             hot_dirty: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,11 +208,13 @@ impl Sessions {
         let _ = self.announce(room, vec![], users, None).await;
     }
 
-    /// Tell a room's members who came online and who went offline: a diff,
-    /// or for a hot room (more than `--presence-hot-users` online) a mark to
-    /// broadcast its online count at the next `hot_count_loop` tick (one
-    /// frame per interval, whatever the churn). Returns the online count, if
-    /// it could be read.
+    /// Tell a room's members who came online and who went offline: a diff;
+    /// for a busy room (more than `--presence-coalesce-users` online, or with
+    /// changes still pending) the changes are kept for one coalesced diff at
+    /// the next `hot_count_loop` tick; for a hot room (more than
+    /// `--presence-hot-users` online) a mark to broadcast its online count at
+    /// that tick (one frame per interval, whatever the churn). Returns the
+    /// online count, if it could be read.
     async fn announce(
         &self,
         room: &str,
@@ -218,6 +230,21 @@ impl Sessions {
                 .insert(room.to_owned());
             return online;
         }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // Once changes of a room wait, later ones wait behind them: a diff
+            // sent now could overtake an older change of the same user.
+            if online.is_some_and(|n| n > self.cfg.coalesce_users) || pending.contains_key(room) {
+                let changes = pending.entry(room.to_owned()).or_default();
+                for u in joined {
+                    changes.insert(u.user.clone(), Some(u));
+                }
+                for u in left {
+                    changes.insert(u, None);
+                }
+                return online;
+            }
+        }
         let frame = ServerFrame::PresenceDiff {
             room: public_name(room).to_owned(),
             joined,
@@ -226,6 +253,27 @@ impl Sessions {
         };
         self.fanout.announce(room, &frame, except).await;
         online
+    }
+
+    /// Send every busy room's pending changes as one diff each.
+    async fn flush_pending_diffs(&self) {
+        let rooms = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (room, changes) in rooms {
+            let (mut joined, mut left) = (Vec::new(), Vec::new());
+            for (user, change) in changes {
+                match change {
+                    Some(u) => joined.push(u),
+                    None => left.push(user),
+                }
+            }
+            let frame = ServerFrame::PresenceDiff {
+                room: public_name(&room).to_owned(),
+                joined,
+                left,
+                online: None,
+            };
+            self.fanout.announce(&room, &frame, None).await;
+        }
     }
 
     /// Broadcast the online count of every hot room that changed.
@@ -345,14 +393,21 @@ impl Sessions {
         }
     }
 
-    /// Broadcast hot rooms' changed online counts every `count_interval`.
+    /// Broadcast busy rooms' coalesced diffs, then hot rooms' changed online
+    /// counts, every `count_interval`; once more when the drain begins.
     async fn hot_count_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.count_interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.flush_hot_counts().await,
-                _ = self.shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    self.flush_pending_diffs().await;
+                    self.flush_hot_counts().await;
+                }
+                _ = self.shutdown.cancelled() => {
+                    self.flush_pending_diffs().await;
+                    break;
+                }
             }
         }
     }

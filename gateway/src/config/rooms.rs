@@ -55,7 +55,17 @@ pub struct PresenceConfig {
     #[arg(long, env = "CHORUS_PRESENCE_HOT_USERS", default_value_t = 1_000)]
     pub presence_hot_users: u64,
 
-    /// How often a hot room's changed online count is broadcast, milliseconds.
+    /// Users online in a room above which its presence diffs are coalesced:
+    /// instead of one `presence_diff` per user coming online or going
+    /// offline, members get at most one per `--presence-count-interval-ms`,
+    /// listing every user whose presence changed (by their last change). A
+    /// burst of joins then costs each member a frame per interval, not one per
+    /// joiner. 0: every room; at least --presence-hot-users: never.
+    #[arg(long, env = "CHORUS_PRESENCE_COALESCE_USERS", default_value_t = 50)]
+    pub presence_coalesce_users: u64,
+
+    /// How often a hot room's changed online count, and a busy room's
+    /// coalesced diff, is broadcast, milliseconds.
     #[arg(
         long,
         env = "CHORUS_PRESENCE_COUNT_INTERVAL_MS",

@@ -161,7 +161,7 @@ async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyho
 }
 
 /// Answer a server heartbeat; true if `t` was one.
-async fn heartbeat(ws: &mut Ws, proto: Proto, t: &str) -> anyhow::Result<bool> {
+pub async fn heartbeat(ws: &mut Ws, proto: Proto, t: &str) -> anyhow::Result<bool> {
     match proto {
         Proto::Chorus if t.starts_with(r#"{"op":"ping""#) => {
             ws.send(Message::text(r#"{"op":"pong"}"#)).await?;

@@ -238,3 +238,67 @@ async fn presence_snapshots_and_diffs_on_join_leave_and_disconnect() {
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].user, "bob");
 }
+
+/// Above `--presence-coalesce-users` a room's diffs are coalesced: a burst of
+/// joins reaches a member as one diff per interval listing them all (by each
+/// user's last change), not one diff per joiner; below it, diffs stay
+/// immediate and per user.
+#[tokio::test]
+async fn a_busy_rooms_diffs_are_coalesced_per_interval() {
+    let node = GatewayProcess::start(&[
+        "--presence-coalesce-users",
+        "2",
+        "--presence-count-interval-ms",
+        "700",
+    ]);
+    let mut alice = node.connect("alice").await;
+    alice.join("r", None).await.unwrap();
+    let bob = node.connect("bob").await;
+    bob.join("r", None).await.unwrap();
+    // Two users online: not above 2, so bob's diff is immediate and his own.
+    let ev = wait_event(&mut alice, "bob's diff", |e| {
+        matches!(e, Event::PresenceDiff { .. })
+    })
+    .await;
+    assert_eq!(presence_diffs(&[ev]), [(vec!["bob".to_string()], vec![])]);
+
+    // Three joins in a burst above the bound: one diff with all of them.
+    let mut others = Vec::new();
+    for user in ["carol", "dave", "erin"] {
+        let c = node.connect(user).await;
+        c.join("r", None).await.unwrap();
+        others.push(c);
+    }
+    // erin comes and goes within the interval: her last change is the leave.
+    let erin = others.pop().unwrap();
+    erin.leave("r", false).await.unwrap();
+    let evs = events_for(&mut alice, ms(2500)).await;
+    let diffs = presence_diffs(&evs);
+    assert_eq!(
+        diffs,
+        [(
+            vec!["carol".to_string(), "dave".to_string()],
+            vec!["erin".to_string()]
+        )],
+        "one coalesced diff: {evs:?}"
+    );
+
+    // A leave in the busy room comes coalesced too, within about an interval.
+    let t0 = Instant::now();
+    others.pop().unwrap().leave("r", false).await.unwrap();
+    let ev = wait_event(&mut alice, "dave's leave", |e| {
+        matches!(e, Event::PresenceDiff { .. })
+    })
+    .await;
+    assert_eq!(presence_diffs(&[ev]), [(vec![], vec!["dave".to_string()])]);
+    assert!(t0.elapsed() < ms(3000), "{:?}", t0.elapsed());
+    let mut users: Vec<String> = alice
+        .presence("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.user)
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob", "carol"]);
+}

@@ -167,3 +167,96 @@ pub(crate) async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_jso
         "reconnects_per_cpu_sec": per_cpu, "failed": failed,
     }))
 }
+
+/// Joins into one room until `n` members, one at a time (each join sees the
+/// room as it is): the frames and bytes the server sends to all members while
+/// they join (the join replies with their presence snapshots, and the
+/// presence diffs or counts every member hears), until the room has been
+/// quiet for 2 s after the last join. Linear in `n` when a join costs the
+/// same whatever the room's size; quadratic when every member hears of every
+/// join and every joiner gets the whole list.
+pub(crate) async fn joins(server: &Server, n: usize) -> anyhow::Result<serde_json::Value> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (proto, addr) = (server.proto, server.addr);
+    let frames = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop) = watch::channel(false);
+    let join = match proto {
+        Proto::Chorus => r#"{"op":"join","id":1,"room":"joins"}"#,
+        Proto::SocketIo => r#"420["join","joins"]"#,
+    };
+    let joined = |t: &str| match proto {
+        Proto::Chorus => t.starts_with(r#"{"op":"joined""#),
+        Proto::SocketIo => t.starts_with("430"),
+    };
+    let cpu0 = load::cpu_secs(server.pid);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = chorus_tests::token(&format!("j{i}"), 86_400, None, None);
+        let mut ws = load::connect(proto, addr, load::source(i), &token).await?;
+        ws.send(Message::text(join)).await?;
+        // The joiner's own frames up to its join reply count too.
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("join {i}: no reply within 30 s"))?
+                .ok_or_else(|| anyhow::anyhow!("join {i}: closed"))??;
+            if let Message::Text(t) = m {
+                if load::heartbeat(&mut ws, proto, &t).await? {
+                    continue;
+                }
+                frames.fetch_add(1, Ordering::Relaxed);
+                bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                if joined(&t) {
+                    break;
+                }
+            }
+        }
+        let (frames, bytes, mut stop) = (frames.clone(), bytes.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            if !load::heartbeat(&mut ws, proto, &t).await.unwrap_or(true) {
+                                frames.fetch_add(1, Ordering::Relaxed);
+                                bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+        }));
+    }
+    let took = started.elapsed().as_secs_f64();
+    // Coalesced diffs and counts go out within a second (chorus's interval).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let cpu = load::cpu_secs(server.pid) - cpu0;
+    let (f, b) = (
+        frames.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+    );
+    println!(
+        "  {:<13} joins into one room until {n}: {f} frames, {:.1} MiB sent to members ({:.1} frames, {:.0} bytes per join), {took:.1} s, {cpu:.2} server CPU-s",
+        server.name,
+        b as f64 / (1 << 20) as f64,
+        f as f64 / n as f64,
+        b as f64 / n as f64,
+    );
+    Ok(
+        json!({"members": n, "frames": f, "bytes": b, "frames_per_join": f as f64 / n as f64,
+        "bytes_per_join": b as f64 / n as f64, "secs": took, "cpu_secs": cpu}),
+    )
+}

@@ -27,6 +27,10 @@
 //!   message (`--batch-max 1`); then PostgreSQL's own ceiling for the same
 //!   rows from a plain client (`ceiling`: UNNEST and COPY, several batch
 //!   sizes and connection counts).
+//! - joins: members join one room one at a time until it has J members:
+//!   frames and bytes sent to all of them (join replies with presence
+//!   snapshots, presence diffs or counts), per join: flat when a join costs
+//!   the same whatever the room's size, growing when it is O(J^2) in all.
 //! - fan-out: one node, a room of M members, 100-byte messages at stepped
 //!   constant rates (open loop): per step, deliveries lost, reordered, p50/p99
 //!   lag and deliveries per server CPU-second; the highest rate with every
@@ -59,7 +63,7 @@ use clap::Parser;
 use serde_json::json;
 
 use ceiling::pg_ceiling;
-use connections::{idle, storm};
+use connections::{idle, joins, storm};
 use contenders::{start, start_pair};
 use table::print_table;
 use traffic::{durable, fanout, small_rooms};
@@ -77,9 +81,12 @@ struct Args {
     #[arg(long, default_value = "chorus,floor,socketio,socketioxide")]
     only: String,
     /// Scenarios to run (comma separated): idle, fanout, storm, rooms,
-    /// latency, durable.
-    #[arg(long, default_value = "idle,fanout,storm,rooms,latency,durable")]
+    /// latency, durable, joins.
+    #[arg(long, default_value = "idle,fanout,storm,rooms,latency,durable,joins")]
     scenarios: String,
+    /// Room sizes the joins scenario grows to (comma separated).
+    #[arg(long, default_value = "100,1000")]
+    joins: String,
     /// Rooms of 10 members in the small-rooms scenario (over 2 instances).
     #[arg(long, default_value_t = 1_500)]
     small_rooms: usize,
@@ -122,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         args.small_rooms = args.small_rooms.min(30);
         args.small_rate = args.small_rate.min(100.0);
         args.members = "100".into();
+        args.joins = "50".into();
         args.rates = "50,200".into();
         args.step_secs = args.step_secs.min(2);
     }
@@ -133,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let contenders: Vec<String> = list(&args.only);
     let scenarios: Vec<String> = list(&args.scenarios);
     let members: Vec<usize> = list(&args.members);
+    let join_sizes: Vec<usize> = list(&args.joins);
     let rates: Vec<f64> = list(&args.rates);
     println!(
         "chorus-load: {cores} cores ({}), server pinned to CPU 0, load on CPU 1; contenders {contenders:?}, scenarios {scenarios:?}",
@@ -228,6 +237,17 @@ async fn main() -> anyhow::Result<()> {
             let v = v.unwrap_or_else(|e| failed("storm", e));
             figures.insert("storm".into(), v);
         }
+        if scenarios.iter().any(|s| s == "joins") {
+            for &j in &join_sizes {
+                let v = async {
+                    let server = start(name, &redis)?;
+                    joins(&server, j).await
+                }
+                .await;
+                let v = v.unwrap_or_else(|e| failed("joins", e));
+                figures.insert(format!("joins_{j}"), v);
+            }
+        }
         if scenarios.iter().any(|s| s == "fanout") {
             for &m in &members {
                 let step = Duration::from_secs(args.step_secs);
@@ -243,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
         out.insert(name.clone(), serde_json::Value::Object(figures));
     }
     let out = serde_json::Value::Object(out);
-    print_table(&out, &contenders, &members);
+    print_table(&out, &contenders, &members, &join_sizes);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
     }

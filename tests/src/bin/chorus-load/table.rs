@@ -3,7 +3,12 @@
 
 /// One table: a row per figure, a column per contender, then ratios of
 /// chorus against each peer.
-pub(crate) fn print_table(out: &serde_json::Value, contenders: &[String], members: &[usize]) {
+pub(crate) fn print_table(
+    out: &serde_json::Value,
+    contenders: &[String],
+    members: &[usize],
+    joins: &[usize],
+) {
     let mut rows: Vec<(String, &str, bool)> = vec![
         (
             "idle: KiB per connection".into(),
@@ -56,6 +61,28 @@ pub(crate) fn print_table(out: &serde_json::Value, contenders: &[String], member
             false,
         ),
     ];
+    let join_pointers: Vec<(usize, String, String)> = joins
+        .iter()
+        .map(|j| {
+            (
+                *j,
+                format!("/joins_{j}/frames_per_join"),
+                format!("/joins_{j}/bytes_per_join"),
+            )
+        })
+        .collect();
+    for (j, frames, bytes) in &join_pointers {
+        rows.push((
+            format!("joins until {j} members: frames sent per join"),
+            frames.as_str(),
+            false,
+        ));
+        rows.push((
+            format!("joins until {j} members: bytes sent per join"),
+            bytes.as_str(),
+            false,
+        ));
+    }
     for m in members {
         rows.push((format!("fan-out {m}: sustained msgs/s"), "", true));
         rows.push((
