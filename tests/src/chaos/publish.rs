@@ -29,38 +29,9 @@ impl Harness {
                     let mut failed = 0u64;
                     for k in (w..count).step_by(4) {
                         let cid = format!("burst-{tag}-{k}");
-                        let mut done = false;
-                        for attempt in 0..30usize {
-                            let addr = &addrs[(k + attempt) % addrs.len()];
-                            let body = serde_json::json!({
-                                "sender": "publisher", "cid": cid,
-                                "body": {"u": "publisher", "t": now_ms(), "pad": pad},
-                            });
-                            let r = http
-                                .post(format!("http://{addr}/v1/rooms/{BULK_ROOM}/messages"))
-                                .header("x-api-key", API_KEY)
-                                .json(&body)
-                                .timeout(Duration::from_secs(8))
-                                .send()
-                                .await;
-                            if let Ok(resp) = r
-                                && resp.status() == 200
-                                && let Ok(v) = resp.json::<serde_json::Value>().await
-                                && let Some(seq) = v["seq"].as_u64()
-                            {
-                                acked.push(Acked {
-                                    room: BULK_ROOM.into(),
-                                    sender: "publisher".into(),
-                                    cid: cid.clone(),
-                                    seq,
-                                });
-                                done = true;
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        if !done {
-                            failed += 1;
+                        match publish_one(&http, &addrs, BULK_ROOM, &cid, k, Some(&pad)).await {
+                            Some(a) => acked.push(a),
+                            None => failed += 1,
                         }
                     }
                     (acked, failed)
@@ -92,41 +63,53 @@ pub(super) async fn publish(
     let tag = now_ms();
     for k in 0..count {
         let cid = format!("pub-{room}-{tag}-{k}");
-        let mut done = false;
-        for attempt in 0..30usize {
-            let Some(addr) = addrs.get((k + attempt) % addrs.len().max(1)) else {
-                break;
-            };
-            let body = serde_json::json!({
-                "sender": "publisher", "cid": cid,
-                "body": {"u": "publisher", "t": now_ms()},
-            });
-            let r = http
-                .post(format!("http://{addr}/v1/rooms/{room}/messages"))
-                .header("x-api-key", API_KEY)
-                .json(&body)
-                .timeout(Duration::from_secs(8))
-                .send()
-                .await;
-            if let Ok(resp) = r
-                && resp.status() == 200
-                && let Ok(v) = resp.json::<serde_json::Value>().await
-                && let Some(seq) = v["seq"].as_u64()
-            {
-                acked.push(Acked {
-                    room: room.into(),
-                    sender: "publisher".into(),
-                    cid: cid.clone(),
-                    seq,
-                });
-                done = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if !done {
-            failed += 1;
+        match publish_one(http, addrs, room, &cid, k, None).await {
+            Some(a) => acked.push(a),
+            None => failed += 1,
         }
     }
     (acked, failed)
+}
+
+/// Publish one message with `cid` into `room` over HTTP, starting at
+/// `addrs[first]` and moving round-robin after each failure, at most 30
+/// tries 200 ms apart; the acked message, or `None` when every try failed.
+/// `pad` (a burst's filler) goes into the body beside the sender and time.
+async fn publish_one(
+    http: &reqwest::Client,
+    addrs: &[String],
+    room: &str,
+    cid: &str,
+    first: usize,
+    pad: Option<&str>,
+) -> Option<Acked> {
+    for attempt in 0..30usize {
+        let addr = addrs.get((first + attempt) % addrs.len().max(1))?;
+        let mut app = serde_json::json!({"u": "publisher", "t": now_ms()});
+        if let Some(pad) = pad {
+            app["pad"] = pad.into();
+        }
+        let body = serde_json::json!({"sender": "publisher", "cid": cid, "body": app});
+        let r = http
+            .post(format!("http://{addr}/v1/rooms/{room}/messages"))
+            .header("x-api-key", API_KEY)
+            .json(&body)
+            .timeout(Duration::from_secs(8))
+            .send()
+            .await;
+        if let Ok(resp) = r
+            && resp.status() == 200
+            && let Ok(v) = resp.json::<serde_json::Value>().await
+            && let Some(seq) = v["seq"].as_u64()
+        {
+            return Some(Acked {
+                room: room.into(),
+                sender: "publisher".into(),
+                cid: cid.into(),
+                seq,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }
