@@ -43,6 +43,8 @@
 //!   check), the upgrade at `/ws` (`ws.rs`), the JSON API under `/v1` (`api.rs`),
 //!   the API's error shape (`error.rs`).
 //! - `ratelimit`, `metrics`: token buckets and the Prometheus exporter.
+//! - `websocket/`: the server end of a WebSocket: the upgrade, frames read
+//!   through a stack buffer and written from shared payloads with `writev`.
 //! - `wire`: stored messages as protocol messages and `msg` frames, history pages.
 //! - `shutdown`: the signal every background loop exits on, and the tracker
 //!   of their tasks that the drain waits for.
@@ -73,6 +75,7 @@ mod send;
 mod sequencer;
 mod sessions;
 pub mod shutdown;
+mod websocket;
 mod wire;
 
 pub use config::Config;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes};
 use chorus_protocol::{ClientFrame, CloseCode, Json, PROTOCOL_VERSION, Resume};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite;
 use tracing::debug;
 
 use super::{Socket, UpgradeAuth};
 use crate::auth::{AuthError, Identity};
 use crate::listener::Slot;
 use crate::node::Node;
+use crate::websocket::{WsError, ws_error};
 
 /// How long a close waits for the client's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -175,12 +175,10 @@ async fn handshake<S: Socket>(node: &Node, ws: &mut S) -> Result<ClientFrame, Cl
 
 /// The close code for a read error, if the error is the client's fault.
 pub(super) fn classify(e: &axum::Error) -> Option<CloseCode> {
-    let inner = std::error::Error::source(e)?;
-    match inner.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Capacity(_) => Some(CloseCode::MessageTooBig),
-        tungstenite::Error::Utf8(_) => Some(CloseCode::ProtocolViolation),
-        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolViolation),
-        _ => None,
+    match ws_error(e)? {
+        WsError::TooBig => Some(CloseCode::MessageTooBig),
+        WsError::Utf8 | WsError::Protocol(_) => Some(CloseCode::ProtocolViolation),
+        WsError::Closed | WsError::Io(_) => None,
     }
 }
 

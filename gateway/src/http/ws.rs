@@ -1,10 +1,10 @@
 //! The WebSocket upgrade at `/ws`: the drain and origin checks, the
-//! credentials, the socket's buffer sizes.
+//! credentials, the size limit.
 
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_protocol::SUBPROTOCOL;
@@ -16,6 +16,7 @@ use crate::config::normalize_origin;
 use crate::conn::{UpgradeAuth, serve};
 use crate::listener::Slot;
 use crate::node::Node;
+use crate::websocket::WsUpgrade;
 
 #[derive(Deserialize, Default)]
 pub(super) struct WsQuery {
@@ -28,7 +29,7 @@ pub(super) async fn ws_upgrade(
     ApiQuery(q): ApiQuery<WsQuery>,
     headers: HeaderMap,
     slot: Option<Extension<Slot>>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     if node.is_draining() {
         return ApiError::new(
@@ -46,20 +47,10 @@ pub(super) async fn ws_upgrade(
         dev_user: q.user,
     };
     let max = node.cfg.conn.max_frame_bytes as usize;
-    // Small buffers: most connections are idle most of the time, and tungstenite
-    // would otherwise allocate a large read buffer for each. Writes gather up to
-    // WRITE_COALESCE bytes before they reach the socket: a connection draining a
-    // backlog of deliveries (`connection::on_outbound` feeds them, then flushes
-    // once) then makes one system call for many frames instead of one each.
-    let ws = ws
-        .protocols([SUBPROTOCOL])
-        .read_buffer_size(READ_CHUNK)
-        .write_buffer_size(WRITE_COALESCE)
-        .max_write_buffer_size(max.max(1 << 20) * 4)
-        .max_message_size(max)
-        .max_frame_size(max);
     let slot = slot.map(|Extension(s)| s);
-    ws.on_upgrade(move |socket| serve(node, socket, creds, slot))
+    ws.on_upgrade(SUBPROTOCOL, max, move |socket| {
+        serve(node, socket, creds, slot)
+    })
 }
 
 /// The browser origin check of a WebSocket upgrade (cross-site WebSocket
@@ -112,12 +103,6 @@ fn own_origin(headers: &HeaderMap) -> Option<String> {
             .is_ok_and(|ip| ip.is_loopback());
     local.then(|| normalize_origin(&format!("http://{host}")))
 }
-
-/// Bytes read from a socket at a time. tungstenite keeps (and zeroes on every
-/// poll) a buffer of this size per connection; client frames are small.
-const READ_CHUNK: usize = 1024;
-/// Bytes of frames gathered per socket write (see `upgrade`).
-const WRITE_COALESCE: usize = 16 * 1024;
 
 /// The client JWT of an upgrade request's `Authorization: Bearer` header; an
 /// empty one counts as absent (PROTOCOL.md 2.1: the first token present).
