@@ -22,8 +22,11 @@ pub struct WriterConfig {
     /// within this long of the room's previous fan-out is held and fanned out
     /// with the others of the window: each connection then writes them with one
     /// system call instead of one each. A room that was quiet for the window
-    /// fans out at once (no added latency).
-    #[arg(long, env = "CHORUS_FANOUT_WINDOW_MS", default_value_t = 20)]
+    /// fans out at once (no added latency). Off by default: a connection
+    /// already writes everything queued for it with one vectored write, and
+    /// a fixed window only added latency (BENCHMARKS.md, "The connection
+    /// layer").
+    #[arg(long, env = "CHORUS_FANOUT_WINDOW_MS", default_value_t = 0)]
     pub fanout_window_ms: u64,
 
     /// Local connections from which a room's fan-out is coalesced.

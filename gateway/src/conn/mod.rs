@@ -124,12 +124,14 @@ pub(crate) async fn serve<S: Socket>(
     slot: Option<Slot>,
 ) {
     let mut ws = ws;
+    // Boxed, and freed once done: authentication's future is large, and
+    // inline it would stay part of every connection's state.
     let Some(Accepted {
         ident,
         device,
         meta,
         resume,
-    }) = handshake::accept(&node, &mut ws, creds, slot).await
+    }) = Box::pin(handshake::accept(&node, &mut ws, creds, slot)).await
     else {
         return;
     };

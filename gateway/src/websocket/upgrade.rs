@@ -120,14 +120,14 @@ impl WsUpgrade {
             // The node's listener serves every connection over a
             // `LingerStream`; the socket is made on that stream itself, so
             // no layer of hyper's sits between the connection and the kernel.
-            match upgraded.downcast::<TokioIo<LingerStream>>() {
-                Ok(parts) => {
-                    let socket = WsSocket::new(parts.io.into_inner(), &parts.read_buf, max_message);
-                    drop(parts.read_buf);
-                    serve(socket).await;
+            let socket = match upgraded.downcast::<TokioIo<LingerStream>>() {
+                Ok(parts) => WsSocket::new(parts.io.into_inner(), &parts.read_buf, max_message),
+                Err(_) => {
+                    warn!("websocket upgrade on a stream the listener did not make");
+                    return;
                 }
-                Err(_) => warn!("websocket upgrade on a stream the listener did not make"),
-            }
+            };
+            serve(socket).await;
         });
         let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
