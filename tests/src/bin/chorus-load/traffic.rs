@@ -45,10 +45,10 @@ pub(crate) async fn small_rooms(
     );
     let per_publisher = 50;
     let publishers = rooms.div_ceil(per_publisher);
-    let mut jobs = Vec::new();
-    let (before, _) = stats.take();
-    let cpu0: f64 = servers.iter().map(|s| load::cpu_secs(s.pid)).sum();
     let count = (rate * secs as f64 / publishers as f64).round() as u64;
+    // Publishers connect and join first: the CPU counted is the sending's
+    // (1,500 joins in cluster mode would otherwise be a share of it).
+    let mut ready = Vec::new();
     for p in 0..publishers {
         let server = &servers[p % servers.len()];
         let (proto, addr) = (server.proto, server.addr);
@@ -62,7 +62,13 @@ pub(crate) async fn small_rooms(
                 load::join(&mut ws, proto, room).await?;
             }
         }
-        let share = rate / publishers as f64;
+        ready.push((ws, proto, names));
+    }
+    let (before, _) = stats.take();
+    let cpu0: f64 = servers.iter().map(|s| load::cpu_secs(s.pid)).sum();
+    let share = rate / publishers as f64;
+    let mut jobs = Vec::new();
+    for (mut ws, proto, names) in ready {
         jobs.push(tokio::spawn(async move {
             let mut next_k = vec![0u64; names.len()];
             let mut acks = load::new_histogram();
