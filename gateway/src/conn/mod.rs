@@ -97,6 +97,29 @@ pub(crate) enum End {
 pub(crate) type PendingAck =
     Pin<Box<dyn Future<Output = (Option<u64>, String, String, Result<Acked, SendError>)> + Send>>;
 
+/// Sends in flight, acked as their commits finish. Made by the first send:
+/// a `FuturesUnordered` allocates as it is created, and most connections
+/// only receive.
+#[derive(Default)]
+pub(crate) struct Pending(Option<FuturesUnordered<PendingAck>>);
+
+impl Pending {
+    pub(crate) fn push(&mut self, ack: PendingAck) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(ack);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesUnordered::is_empty)
+    }
+
+    /// The next send to finish; `None` when none is in flight.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> Option<(Option<u64>, String, String, Result<Acked, SendError>)> {
+        self.0.as_mut()?.next().await
+    }
+}
+
 /// A room this connection has joined.
 pub(crate) struct Joined {
     /// Public room name (as the client wrote it).
@@ -157,7 +180,7 @@ pub(crate) async fn serve<S: Socket>(
         sends: TokenBucket::new(node.cfg.send.sends_per_sec, node.cfg.send.send_burst),
         frames: TokenBucket::new(node.cfg.conn.frames_per_sec, node.cfg.conn.frame_burst),
         last_seen: Instant::now(),
-        pending: FuturesUnordered::new(),
+        pending: Pending::default(),
         token_changed: false,
     };
     let end = match AssertUnwindSafe(conn.run(device, meta, resume))
@@ -203,7 +226,7 @@ pub(crate) struct Conn<S> {
     /// Last inbound frame, for the idle timeout.
     pub(crate) last_seen: Instant,
     /// Sends in flight, acked as their commits finish.
-    pub(crate) pending: FuturesUnordered<PendingAck>,
+    pub(crate) pending: Pending,
     /// Set when `refresh` replaced the token: the loop re-arms the expiry and
     /// `refresh_needed` timers for the new `exp`.
     pub(crate) token_changed: bool,

@@ -1,6 +1,6 @@
 //! In-process presence for the embedded mode.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,7 +15,44 @@ struct Session {
     /// From `Inner::generations` at its newest `attach`.
     generation: u64,
     /// Room keys the session is in.
-    rooms: BTreeSet<String>,
+    rooms: Set,
+}
+
+/// A small sorted set of strings. Presence sets mostly hold one member (a
+/// session's rooms, a user's sessions, a user's sessions in a room), and a
+/// `BTreeSet` allocates a node of about 300 bytes for its first; this holds
+/// them in a vector, a few dozen bytes (BENCHMARKS.md, idle memory).
+#[derive(Debug, Default)]
+struct Set(Vec<String>);
+
+impl Set {
+    fn insert(&mut self, v: String) -> bool {
+        match self.0.binary_search(&v) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, v);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, v: &str) -> bool {
+        match self.0.binary_search_by(|x| x.as_str().cmp(v)) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
 }
 
 #[derive(Default)]
@@ -23,9 +60,9 @@ struct Inner {
     /// Session -> its entry, generation and rooms.
     sessions: HashMap<String, Session>,
     /// Room key -> user -> sessions of that user in the room.
-    rooms: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
+    rooms: HashMap<String, BTreeMap<String, Set>>,
     /// User key -> sessions.
-    users: HashMap<String, BTreeSet<String>>,
+    users: HashMap<String, Set>,
     /// The last generation handed out, for any session: one counter for all,
     /// so a generation is never reused, even after its session was removed.
     generations: u64,
@@ -100,7 +137,7 @@ impl Presence for MemoryPresence {
                     Session {
                         entry,
                         generation,
-                        rooms: BTreeSet::new(),
+                        rooms: Set::default(),
                     },
                 );
             }
