@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use chorus_history::Membership;
 use chorus_protocol::{ErrorCode, ServerFrame};
 
 use super::Fail;
@@ -34,14 +35,21 @@ impl<S: Socket> Conn<S> {
             ));
         }
         let node = self.node.clone();
-        if !already {
-            check_membership_cap(&node, &key, &self.user_key).await?;
-        }
-        let membership = node
-            .store
-            .join(&key, &self.user_key, now_ms())
-            .await
-            .map_err(Fail::from)?;
+        // The cap's check reads the membership: a member's join (every
+        // resume) then needs no second read.
+        let existing = if already {
+            None
+        } else {
+            check_membership_cap(&node, &key, &self.user_key).await?
+        };
+        let membership = match existing {
+            Some(m) => m,
+            None => node
+                .store
+                .join(&key, &self.user_key, now_ms())
+                .await
+                .map_err(Fail::from)?,
+        };
         // Subscribe before reading the tip: every message committed after this
         // point reaches the queue, every one before it is at or below the tip.
         let key: Arc<str> = if already {
@@ -160,16 +168,16 @@ impl<S: Socket> Conn<S> {
 /// `--max-memberships-per-user` is refused (`too_many_rooms`). Counted only
 /// for a new membership; joins racing on several connections may pass the
 /// bound by their number, no more.
-async fn check_membership_cap(node: &Node, key: &str, user_key: &str) -> Result<(), Fail> {
+/// Returns the membership when it exists already.
+async fn check_membership_cap(
+    node: &Node,
+    key: &str,
+    user_key: &str,
+) -> Result<Option<Membership>, Fail> {
     let store = &node.store;
     let cap = node.cfg.conn.max_memberships_per_user;
-    if store
-        .membership(key, user_key)
-        .await
-        .map_err(Fail::from)?
-        .is_some()
-    {
-        return Ok(());
+    if let Some(m) = store.membership(key, user_key).await.map_err(Fail::from)? {
+        return Ok(Some(m));
     }
     let held = store.memberships(user_key).await.map_err(Fail::from)?.len() as u64;
     if held >= cap {
@@ -178,5 +186,5 @@ async fn check_membership_cap(node: &Node, key: &str, user_key: &str) -> Result<
             format!("at most {cap} room memberships per user; leave one first"),
         ));
     }
-    Ok(())
+    Ok(None)
 }
