@@ -272,14 +272,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WsSocket<T> {
                 Ok(None)
             }
             Opcode::Continuation => {
-                let Some(p) = self.partial.as_mut() else {
+                let Some(mut p) = self.partial.take() else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
                 p.data.extend_from_slice(&payload);
                 if !fin {
+                    self.partial = Some(p);
                     return Ok(None);
                 }
-                let p = self.partial.take().expect("checked above");
                 data_message(p.text, p.data).map(Some)
             }
             Opcode::Ping => {

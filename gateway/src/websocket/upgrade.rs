@@ -68,8 +68,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
         let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
             return bad("`Sec-WebSocket-Key` header missing");
         };
-        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-            .expect("base64 is a valid header value");
+        // Base64, so always a valid header value.
+        let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
+            return bad("`Sec-WebSocket-Key` header is not valid");
+        };
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             return Err(WsUpgradeRejection(
                 StatusCode::UPGRADE_REQUIRED,
@@ -129,19 +131,18 @@ impl WsUpgrade {
             };
             serve(socket).await;
         });
-        let mut response = Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
-            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
-            .header(header::SEC_WEBSOCKET_ACCEPT, self.accept);
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
         if chosen {
-            response = response.header(
+            headers.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(protocol),
             );
         }
         response
-            .body(axum::body::Body::empty())
-            .expect("a response of valid parts")
     }
 }
