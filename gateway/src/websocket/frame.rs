@@ -70,8 +70,8 @@ pub(crate) struct Header {
 const MAX_CONTROL: usize = 125;
 
 /// Parse a client frame's header from the start of `buf`: `Ok(None)` while
-/// the header is incomplete. `max` bounds the payload length (checked before
-/// any of the payload is buffered).
+/// the header is incomplete. `max` bounds a data frame's payload length
+/// (checked before any of the payload is buffered).
 pub(crate) fn parse(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
@@ -112,7 +112,8 @@ pub(crate) fn parse(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError
             return Err(FrameError::Protocol("control frame over 125 bytes"));
         }
     }
-    if len > max as u64 {
+    // The limit is a data message's; a control frame's is its own (125).
+    if !opcode.is_control() && len > max as u64 {
         return Err(FrameError::TooBig);
     }
     let Some(m) = buf.get(at..at + 4) else {

@@ -127,9 +127,12 @@ struct Partial {
 /// The server end of a WebSocket over `T` (the upgraded TCP stream).
 pub(crate) struct WsSocket<T> {
     io: T,
-    /// Read but not yet parsed: a partial frame, or the frames after the one
-    /// returned. Empty (unallocated) otherwise.
+    /// Read but not yet parsed (from `rpos`): a partial frame, or the frames
+    /// after the one returned. Empty (unallocated) otherwise.
     rbuf: Vec<u8>,
+    /// Where the unparsed bytes of `rbuf` start: frames are taken without
+    /// moving the rest, which is moved to the front once, before a read.
+    rpos: usize,
     /// A fragmented message, while its frames arrive.
     partial: Option<Box<Partial>>,
     /// Frames to write, in order.
@@ -151,6 +154,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WsSocket<T> {
         WsSocket {
             io,
             rbuf: pre.to_vec(),
+            rpos: 0,
             partial: None,
             out: VecDeque::new(),
             out_bytes: 0,
@@ -228,23 +232,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WsSocket<T> {
     /// payload unmasked).
     fn take_frame(&mut self) -> Result<Option<(bool, Opcode, Vec<u8>)>, WsError> {
         let room = self.max_message - self.partial.as_ref().map_or(0, |p| p.data.len());
-        let Some(h) = frame::parse(&self.rbuf, room)? else {
+        let avail = &self.rbuf[self.rpos..];
+        let Some(h) = frame::parse(avail, room)? else {
+            self.compact();
             return Ok(None);
         };
         let end = h.head + h.len;
-        if self.rbuf.len() < end {
-            // Room for the rest of the frame, once (the length is checked).
+        if avail.len() < end {
+            self.compact();
+            // Room for the rest of the frame, once (its length is checked).
             self.rbuf.reserve_exact(end - self.rbuf.len());
             return Ok(None);
         }
-        let payload = frame::unmask(&self.rbuf[h.head..end], h.mask);
-        if end == self.rbuf.len() {
+        let payload = frame::unmask(&avail[h.head..end], h.mask);
+        self.rpos += end;
+        if self.rpos == self.rbuf.len() {
             // The common case: the read held exactly this frame.
             self.rbuf = Vec::new();
-        } else {
-            self.rbuf.drain(..end);
+            self.rpos = 0;
         }
         Ok(Some((h.fin, h.opcode, payload)))
+    }
+
+    /// Move the unparsed bytes to the front of the read buffer (before a read).
+    fn compact(&mut self) {
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
     }
 
     /// Turn one frame into a message for the caller, or `None` when it only

@@ -305,3 +305,39 @@ async fn a_client_that_does_not_read_stops_the_writer() {
         "at most the high-water mark is queued: {fed} frames"
     );
 }
+
+#[tokio::test]
+async fn a_ping_inside_a_message_near_the_limit_is_not_counted_against_it() {
+    let (mut ws, mut peer) = pair(1024);
+    let mut bytes = client(0x01, &[b'a'; 1000]);
+    bytes.extend(client(0x89, &[b'p'; 100]));
+    bytes.extend(client(0x80, &[b'b'; 24]));
+    peer.write_all(&bytes).await.unwrap();
+    assert!(matches!(next(&mut ws).await, Some(Ok(Message::Ping(_)))));
+    let Some(Ok(Message::Text(t))) = next(&mut ws).await else {
+        panic!("the message, reassembled");
+    };
+    assert_eq!(t.len(), 1024);
+}
+
+#[tokio::test]
+async fn many_small_frames_of_one_read_then_a_partial_one() {
+    let (mut ws, mut peer) = pair(1 << 16);
+    let mut bytes = Vec::new();
+    for i in 0..300 {
+        bytes.extend(client(0x81, format!("m{i}").as_bytes()));
+    }
+    let big = client(0x81, &[b'z'; 5000]);
+    bytes.extend_from_slice(&big[..100]);
+    peer.write_all(&bytes).await.unwrap();
+    for i in 0..300 {
+        let m = next(&mut ws).await.unwrap().unwrap();
+        assert_eq!(m, Message::Text(Utf8Bytes::from(format!("m{i}"))));
+    }
+    peer.write_all(&big[100..]).await.unwrap();
+    let Some(Ok(Message::Text(t))) = next(&mut ws).await else {
+        panic!("the large frame, completed");
+    };
+    assert_eq!(t.len(), 5000);
+    assert_eq!(ws.rbuf.capacity(), 0);
+}

@@ -4,7 +4,8 @@
 //! JSON") at every entry point and on stored rows, panics contained per
 //! connection and per request, oversized frames answered with a close frame,
 //! presence meta and reply bounds, the dev-mode origin check, the dev-auth
-//! configuration rules and control frames before `hello`.
+//! configuration rules, control frames before `hello`, and WebSocket framing
+//! (RFC 6455) written by hand.
 //!
 //! Every test starts its own node on 127.0.0.1 (clients may bind 127.0.0.2,
 //! which is loopback too, to stand for a second source address). Every wait
@@ -23,3 +24,4 @@ mod poison_json;
 mod presence_bounds;
 mod slowloris;
 mod support;
+mod websocket_frames;
