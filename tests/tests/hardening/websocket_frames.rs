@@ -1,8 +1,10 @@
-//! 10. WebSocket framing (RFC 6455), through the node's own frame layer and a
-//! client that writes its frames by hand: fragments are reassembled, pings
-//! answered between them, a close answered with its code; frames RFC 6455
-//! forbids are refused with close 4500, and a frame over the size limit with
-//! 4504 as soon as its header arrives, before any of its payload.
+//! 10. WebSocket framing (RFC 6455)
+//!
+//! Through the node's own frame layer and a client that writes its frames by
+//! hand: fragments are reassembled, pings answered between them, a close
+//! answered with its code; frames RFC 6455 forbids are refused with close
+//! 4500, and a frame over the size limit with 4504 as soon as its header
+//! arrives, before any of its payload.
 
 use std::time::Duration;
 
