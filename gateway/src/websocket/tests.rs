@@ -9,22 +9,7 @@ use super::*;
 
 /// A client frame: masked, `b0` the first byte (FIN and opcode).
 fn client(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xFA, 0x21, 0x3D];
-    let mut f = vec![b0];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 65535 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    frame::masked(b0, payload, [0x37, 0xFA, 0x21, 0x3D])
 }
 
 fn pair(max: usize) -> (WsSocket<DuplexStream>, DuplexStream) {
