@@ -5,10 +5,12 @@
 //!    no I/O, so a flood from one socket is refused before it costs anything.
 //! 2. [`SendLimits`] per user (all their connections, on every node) and per
 //!    tenant (all its users), shared: in cluster mode a token bucket pair in
-//!    Redis, checked and taken in one atomic Lua script run (one `EVALSHA` per
-//!    send, by Redis' clock); in embedded mode the same buckets in process.
+//!    Redis (by Redis' clock), which each node spends from leases of a few
+//!    tokens taken in one atomic Lua script run for both buckets, so a send
+//!    asks Redis only when its lease is empty (see [`RedisBuckets`]); in
+//!    embedded mode the same buckets in process.
 //!
-//! Redis keys (hashes `tk`, `ts`; see `lua/send_limit.lua`):
+//! Redis keys (hashes `tk`, `ts`; see `lua/send_lease.lua`):
 //! `{prefix}rl:u:{user_key}` and `{prefix}rl:t:{tenant}` (the default tenant is
 //! the empty id). Both go to one script run, so on a Redis Cluster the prefix
 //! needs a hash tag (`{chorus}:`), as for presence.
@@ -19,7 +21,7 @@
 //! and the per-connection buckets still bound every socket meanwhile.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -141,7 +143,7 @@ impl Rate {
         })
     }
 
-    /// The Lua script's two arguments (`0 0`: no limit).
+    /// A bucket's rate and burst for the Lua script (`0 0`: no limit).
     fn args(rate: Option<Rate>) -> [String; 2] {
         match rate {
             Some(r) => [r.rate.to_string(), r.burst.to_string()],
@@ -190,11 +192,14 @@ impl SendLimits {
             user: Rate::new(cfg.user_sends_per_sec, cfg.user_send_burst),
             tenant: tenant_rate(cfg),
             backend: Backend::Redis(RedisBuckets {
-                client,
-                prefix,
-                script: Script::from_lua(SEND_LIMIT_LUA),
-                base: Instant::now(),
-                skip_until_ms: AtomicU64::new(0),
+                shared: Arc::new(RedisShared {
+                    client,
+                    prefix,
+                    script: Script::from_lua(SEND_LEASE_LUA),
+                    base: Instant::now(),
+                    skip_until_ms: AtomicU64::new(0),
+                }),
+                leases: Arc::new(Mutex::new(HashMap::new())),
             }),
         }
     }
@@ -318,26 +323,164 @@ fn evict(map: &mut HashMap<String, TokenBucket>, now: Instant, max: usize) {
     }
 }
 
-const SEND_LIMIT_LUA: &str = include_str!("lua/send_limit.lua");
+const SEND_LEASE_LUA: &str = include_str!("lua/send_lease.lua");
 
-/// Bound on one limit check: past it the send goes ahead (fail open). A
+/// Bound on one lease request: past it the send goes ahead (fail open). A
 /// loopback or LAN Redis answers in well under a millisecond.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// After a failed check, skip Redis for this long: while Redis is away every
+/// After a failed request, skip Redis for this long: while Redis is away every
 /// send would otherwise wait `REDIS_TIMEOUT` first.
 const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
-/// The cluster mode's buckets, in Redis.
+/// Leases a node keeps; past it, the idlest go (their unspent tokens with
+/// them: the limit only gets stricter).
+const MAX_LEASES: usize = 100_000;
+
+/// Tokens a node leases from a shared bucket at a time: a tenth of a second
+/// of its rate, at most a quarter of its burst, at least one. A bucket of
+/// lease 1 is exact: every send asks Redis, as one bucket in one place would.
+fn lease_size(r: Rate) -> u64 {
+    (r.rate / 10).clamp(1, (r.burst / 4).max(1))
+}
+
+/// Tokens of one shared bucket this node leased and has not spent.
+#[derive(Debug)]
+struct Lease {
+    /// Unspent. Below 1 the next send asks Redis first (may go to -1 when
+    /// two sends race for the last one: repaid from the next grant).
+    tokens: f64,
+    /// Redis said the bucket is empty: refuse here until then, without asking.
+    refused_until: Option<Instant>,
+    /// A top-up is on its way (at most one per bucket).
+    topping_up: bool,
+    last_used: Instant,
+}
+
+impl Lease {
+    fn new(now: Instant) -> Lease {
+        Lease {
+            tokens: 0.0,
+            refused_until: None,
+            topping_up: false,
+            last_used: now,
+        }
+    }
+}
+
+/// One bucket of a check: its lease key (`u:{user_key}`, `t:{tenant}`) and rate.
+type Want = Option<(String, Scope, Rate)>;
+
+/// What a check decided under the lock.
+enum Plan {
+    /// Taken from the leases; top these up in the background.
+    Taken(Vec<usize>),
+    /// Refused here (a bucket Redis said is empty).
+    Refused(Refused),
+    /// Ask Redis: `[(want, need); 2]` for the user's and the tenant's bucket.
+    Ask([(u64, u64); 2]),
+}
+
+/// The cluster mode's buckets: in Redis, spent by each node from leases.
+///
+/// A check takes one token from the user's lease and one from the tenant's,
+/// here, without I/O. A bucket whose lease is empty asks Redis (one
+/// `EVALSHA` for both buckets, awaited by that send), which grants up to a
+/// lease of tokens or refuses with the time until one is there; a lease at
+/// half is topped up in the background, so a user sending below their rate
+/// costs one Redis call per half a lease, never a wait. Leased tokens are
+/// taken from Redis before they are spent, so the cluster never spends more
+/// than the bucket gives; what a node holds unspent is unavailable to the
+/// others, at most one lease (a tenth of a second of the rate) per bucket
+/// and node.
 struct RedisBuckets {
+    shared: Arc<RedisShared>,
+    leases: Arc<Mutex<HashMap<String, Lease>>>,
+}
+
+/// What a background top-up needs.
+struct RedisShared {
     client: Client,
     prefix: String,
     script: Script,
     /// Origin of `skip_until_ms`.
     base: Instant,
-    /// Milliseconds after `base` before which checks fail open without asking
-    /// Redis (set after a failure).
+    /// Milliseconds after `base` before which requests fail open without
+    /// asking Redis (set after a failure).
     skip_until_ms: AtomicU64,
+}
+
+/// Redis' answer to a lease request.
+enum Granted {
+    /// Tokens granted from the user's and the tenant's bucket.
+    Tokens([u64; 2]),
+    /// A needed token was not there: bucket `scope` has one after `wait`.
+    Refused(Scope, Duration),
+}
+
+impl RedisShared {
+    /// Ask Redis for `[(want, need); 2]` of the two buckets; `Err` with why it
+    /// could not answer (the caller fails open).
+    async fn request(
+        &self,
+        keys: [&str; 2],
+        rates: [Option<Rate>; 2],
+        asks: [(u64, u64); 2],
+    ) -> Result<Granted, String> {
+        let now_ms = self.base.elapsed().as_millis() as u64;
+        if now_ms < self.skip_until_ms.load(Ordering::Relaxed) {
+            return Err("redis recently unreachable".into());
+        }
+        if !self.client.is_connected() {
+            self.back_off(now_ms);
+            return Err("redis not connected".into());
+        }
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}rl:{k}", self.prefix))
+            .collect();
+        let mut args = Vec::with_capacity(8);
+        for (rate, (want, need)) in rates.iter().zip(asks) {
+            let [r, b] = Rate::args(*rate);
+            args.extend([r, b, want.to_string(), need.to_string()]);
+        }
+        metrics::counter!("chorus_send_limit_requests_total").increment(1);
+        let call = self
+            .script
+            .evalsha_with_reload::<Vec<i64>, _, _>(&self.client, keys, args);
+        let reply = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.back_off(now_ms);
+                return Err(format!("redis: {e}"));
+            }
+            Err(_) => {
+                self.back_off(now_ms);
+                return Err("redis did not answer in time".into());
+            }
+        };
+        match reply.as_slice() {
+            [0, _, u, t] => Ok(Granted::Tokens([(*u).max(0) as u64, (*t).max(0) as u64])),
+            [wait, scope, ..] if *wait > 0 => Ok(Granted::Refused(
+                if *scope == 2 {
+                    Scope::Tenant
+                } else {
+                    Scope::User
+                },
+                Duration::from_millis(*wait as u64),
+            )),
+            _ => Err("unexpected reply from the send limit script".into()),
+        }
+    }
+
+    fn back_off(&self, now_ms: u64) {
+        self.skip_until_ms
+            .store(now_ms + REDIS_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+fn lock_leases(m: &Mutex<HashMap<String, Lease>>) -> MutexGuard<'_, HashMap<String, Lease>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RedisBuckets {
@@ -348,57 +491,152 @@ impl RedisBuckets {
         tenant: Option<Rate>,
         tenant_id: &str,
     ) -> Result<(), Refused> {
-        let now_ms = self.base.elapsed().as_millis() as u64;
-        if now_ms < self.skip_until_ms.load(Ordering::Relaxed) {
-            return fail_open("redis recently unreachable");
-        }
-        if !self.client.is_connected() {
-            self.back_off(now_ms);
-            return fail_open("redis not connected");
-        }
-        let keys = vec![
-            format!("{}rl:u:{user_key}", self.prefix),
-            format!("{}rl:t:{tenant_id}", self.prefix),
+        let wants: [Want; 2] = [
+            user.map(|r| (format!("u:{user_key}"), Scope::User, r)),
+            tenant.map(|r| (format!("t:{tenant_id}"), Scope::Tenant, r)),
         ];
-        let [ur, ub] = Rate::args(user);
-        let [tr, tb] = Rate::args(tenant);
-        let call = self.script.evalsha_with_reload::<Vec<i64>, _, _>(
-            &self.client,
-            keys,
-            vec![ur, ub, tr, tb],
-        );
-        let reply = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.back_off(now_ms);
-                return fail_open(&format!("redis: {e}"));
+        let now = Instant::now();
+        let plan = self.plan(&wants, now);
+        let asks = match plan {
+            Plan::Taken(top_up) => {
+                for i in top_up {
+                    self.top_up(&wants, i);
+                }
+                return Ok(());
             }
-            Err(_) => {
-                self.back_off(now_ms);
-                return fail_open("redis did not answer in time");
-            }
+            Plan::Refused(r) => return Err(r),
+            Plan::Ask(asks) => asks,
         };
-        match reply.as_slice() {
-            [0, _] => Ok(()),
-            [wait, scope] if *wait > 0 => {
-                let (scope, rate) = if *scope == 2 {
-                    (Scope::Tenant, tenant)
-                } else {
-                    (Scope::User, user)
-                };
+        let keys = [
+            wants[0].as_ref().map(|w| w.0.as_str()).unwrap_or("u:"),
+            wants[1].as_ref().map(|w| w.0.as_str()).unwrap_or("t:"),
+        ];
+        let rates = [user, tenant];
+        match self.shared.request(keys, rates, asks).await {
+            Err(why) => fail_open(&why),
+            Ok(Granted::Refused(scope, wait)) => {
+                let i = if scope == Scope::User { 0 } else { 1 };
+                if let Some((key, _, _)) = &wants[i] {
+                    let mut leases = lock_leases(&self.leases);
+                    let lease = leases.entry(key.clone()).or_insert_with(|| Lease::new(now));
+                    lease.refused_until = Some(now + wait);
+                }
                 Err(Refused {
                     scope,
-                    retry_after: Duration::from_millis(*wait as u64),
-                    rate: rate.map(|r| r.rate).unwrap_or(0),
+                    retry_after: wait,
+                    rate: rates[i].map(|r| r.rate).unwrap_or(0),
                 })
             }
-            _ => fail_open("unexpected reply from the send limit script"),
+            Ok(Granted::Tokens(granted)) => {
+                // This send's token from each bucket, out of what arrived
+                // (or what was here: a bucket not asked for had one).
+                let mut leases = lock_leases(&self.leases);
+                for (w, g) in wants.iter().zip(granted) {
+                    if let Some((key, _, _)) = w {
+                        let lease = leases.entry(key.clone()).or_insert_with(|| Lease::new(now));
+                        lease.tokens += g as f64 - 1.0;
+                        lease.last_used = now;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
-    fn back_off(&self, now_ms: u64) {
-        self.skip_until_ms
-            .store(now_ms + REDIS_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+    /// Under the lock: take from the leases, refuse, or say what to ask.
+    fn plan(&self, wants: &[Want; 2], now: Instant) -> Plan {
+        let mut leases = lock_leases(&self.leases);
+        if leases.len() + 2 > MAX_LEASES {
+            evict_leases(&mut leases, now);
+        }
+        let mut asks = [(0u64, 0u64); 2];
+        let mut short = false;
+        for (i, w) in wants.iter().enumerate() {
+            let Some((key, scope, rate)) = w else { continue };
+            let lease = leases.entry(key.clone()).or_insert_with(|| Lease::new(now));
+            if let Some(until) = lease.refused_until {
+                if until > now {
+                    return Plan::Refused(Refused {
+                        scope: *scope,
+                        retry_after: until - now,
+                        rate: rate.rate,
+                    });
+                }
+                lease.refused_until = None;
+            }
+            if lease.tokens < 1.0 {
+                short = true;
+                let want = (lease_size(*rate) as f64 - lease.tokens).ceil().max(1.0) as u64;
+                asks[i] = (want, 1);
+            }
+        }
+        if short {
+            return Plan::Ask(asks);
+        }
+        let mut top_up = Vec::new();
+        for (i, w) in wants.iter().enumerate() {
+            let Some((key, _, rate)) = w else { continue };
+            if let Some(lease) = leases.get_mut(key) {
+                lease.tokens -= 1.0;
+                lease.last_used = now;
+                let size = lease_size(*rate);
+                if size >= 2 && lease.tokens <= (size / 2) as f64 && !lease.topping_up {
+                    lease.topping_up = true;
+                    top_up.push(i);
+                }
+            }
+        }
+        Plan::Taken(top_up)
+    }
+
+    /// Top up bucket `i` of `wants` to a full lease, in the background.
+    fn top_up(&self, wants: &[Want; 2], i: usize) {
+        let Some((key, scope, rate)) = wants[i].clone() else {
+            return;
+        };
+        let (shared, leases) = (self.shared.clone(), self.leases.clone());
+        tokio::spawn(async move {
+            let want = {
+                let leases = lock_leases(&leases);
+                let tokens = leases.get(&key).map(|l| l.tokens).unwrap_or(0.0);
+                (lease_size(rate) as f64 - tokens).floor().max(0.0) as u64
+            };
+            let mut asks = [(0, 0); 2];
+            let mut rates = [None, None];
+            let mut keys = ["u:", "t:"];
+            let slot = if scope == Scope::User { 0 } else { 1 };
+            asks[slot] = (want, 0);
+            rates[slot] = Some(rate);
+            keys[slot] = &key;
+            let granted = match shared.request(keys, rates, asks).await {
+                Ok(Granted::Tokens(g)) => g[slot],
+                _ => 0, // the next send with an empty lease asks again
+            };
+            let mut leases = lock_leases(&leases);
+            if let Some(lease) = leases.get_mut(&key) {
+                lease.tokens += granted as f64;
+                lease.topping_up = false;
+            }
+        });
+    }
+}
+
+/// Make room in a full lease map: drop the idlest tenth (their unspent
+/// tokens are lost to them, never given twice), so the O(n) pass runs at
+/// most once per `MAX_LEASES / 10` new keys.
+fn evict_leases(map: &mut HashMap<String, Lease>, now: Instant) {
+    let target = MAX_LEASES - MAX_LEASES / 10;
+    map.retain(|_, l| {
+        now.saturating_duration_since(l.last_used) < Duration::from_secs(10) || l.topping_up
+    });
+    if map.len() > target {
+        let mut by_age: Vec<(Instant, String)> =
+            map.iter().map(|(k, l)| (l.last_used, k.clone())).collect();
+        by_age.sort_unstable();
+        let excess = map.len() - target;
+        for (_, k) in by_age.into_iter().take(excess) {
+            map.remove(&k);
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! per node takes sends in submission order (so one connection's pipelined sends
 //! keep their order), finds each room's owner (`ownership`), and either queues
 //! the send on the local writer or forwards it to the owner's inbox (`inbox`).
+//! Each pass of the routing task takes every send queued meanwhile and posts
+//! one message per owner node (the forwards of a busy node are batched as its
+//! commits are); the owner answers what is ready together in one message.
 //! The owner sequences it and answers on this node's inbox; a forward that gets
 //! `not_owner` or no answer in time is routed again (same `cid`, so a send that
 //! did commit is acked as the original, never stored twice).
@@ -18,7 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::cluster::ownership::{Owner, Ownership};
-use crate::inbox::{Inbox, InboxHandler, InboxMessage};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::inbox::{Inbox, InboxHandler, InboxMessage, Outcome, forward_body};
 use crate::send::{Acked, Reply, SendError, SendRequest, await_ack};
 use crate::sequencer::Sequencer;
 use crate::shutdown::Shutdown;
@@ -63,6 +70,9 @@ struct InFlight {
 /// Pause before routing a failed forward again: the owner's lease may need to
 /// expire before another node can take the room.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
+
+/// Most sends one routing pass takes from the queue.
+const ROUTE_BATCH: usize = 256;
 
 /// The cluster router of one node.
 pub(crate) struct Forwarder {
@@ -142,7 +152,18 @@ impl Forwarder {
         loop {
             tokio::select! {
                 job = rx.recv() => match job {
-                    Some(job) => self.route(job).await,
+                    Some(job) => {
+                        // Everything queued meanwhile goes in the same pass:
+                        // one inbox message per owner node.
+                        let mut jobs = vec![job];
+                        while jobs.len() < ROUTE_BATCH {
+                            match rx.try_recv() {
+                                Ok(j) => jobs.push(j),
+                                Err(_) => break,
+                            }
+                        }
+                        self.route(jobs).await;
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.expire(),
@@ -170,52 +191,91 @@ impl Forwarder {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn route(&self, job: Job) {
-        let room = job.req.room.clone();
-        match self.ownership.resolve(&room).await {
-            Ok(Owner::Me) => {
-                if let Err(e) = self.sequencer.enqueue_reply(job.req, job.reply) {
-                    debug!(%room, error = %e, "local writer refused a send");
+    /// Route one pass of sends, in order: each to the local writer or, by
+    /// owner node, into that node's forward message.
+    async fn route(&self, jobs: Vec<Job>) {
+        let mut forwards: Vec<(String, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            let room = job.req.room.clone();
+            match self.ownership.resolve(&room).await {
+                Ok(Owner::Me) => {
+                    if let Err(e) = self.sequencer.enqueue_reply(job.req, job.reply) {
+                        debug!(%room, error = %e, "local writer refused a send");
+                    }
+                }
+                Ok(Owner::Other(node)) => match forwards.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, to)) => to.push(job),
+                    None => forwards.push((node, vec![job])),
+                },
+                Err(e) => {
+                    metrics::counter!("chorus_redis_errors_total", "op" => "resolve").increment(1);
+                    let _ = job
+                        .reply
+                        .send(Err(SendError::Unavailable(format!("redis: {e}"))));
                 }
             }
-            Ok(Owner::Other(node)) => self.forward(node, job).await,
-            Err(e) => {
-                metrics::counter!("chorus_redis_errors_total", "op" => "resolve").increment(1);
-                let _ = job
-                    .reply
-                    .send(Err(SendError::Unavailable(format!("redis: {e}"))));
-            }
         }
+        futures_util::future::join_all(
+            forwards
+                .into_iter()
+                .map(|(node, jobs)| self.forward(node, jobs)),
+        )
+        .await;
     }
 
-    async fn forward(&self, node: String, job: Job) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = match InboxMessage::forward(id, &self.node, &job.req) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = job.reply.send(Err(SendError::Internal(e.to_string())));
-                return;
+    /// Post one pass's sends for `node` to its inbox, in order, in as few
+    /// messages as the wire format allows.
+    async fn forward(&self, node: String, jobs: Vec<Job>) {
+        let mut items = Vec::with_capacity(jobs.len());
+        let mut rooms = Vec::with_capacity(jobs.len());
+        {
+            let mut in_flight = self.lock();
+            for job in jobs {
+                let body = match forward_body(&job.req) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = job.reply.send(Err(SendError::Internal(e.to_string())));
+                        continue;
+                    }
+                };
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                items.push((id, body));
+                rooms.push(job.req.room.clone());
+                in_flight.insert(
+                    id,
+                    InFlight {
+                        job,
+                        sent: Instant::now(),
+                    },
+                );
             }
-        };
-        let room = job.req.room.clone();
-        self.lock().insert(
-            id,
-            InFlight {
-                job,
-                sent: Instant::now(),
-            },
-        );
-        metrics::counter!("chorus_forwards_total").increment(1);
-        let failed = match self.inbox.post(&node, message).await {
-            Ok(false) => Some(format!("owner {node} is not listening")),
-            Ok(true) => None,
-            Err(e) => Some(e.to_string()),
-        };
+        }
+        metrics::counter!("chorus_forwards_total").increment(items.len() as u64);
+        let ids: Vec<u64> = items.iter().map(|(id, _)| *id).collect();
+        let mut failed = None;
+        for message in InboxMessage::forwards(&self.node, &items) {
+            metrics::counter!("chorus_forward_messages_total").increment(1);
+            failed = match self.inbox.post(&node, message).await {
+                Ok(false) => Some(format!("owner {node} is not listening")),
+                Ok(true) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if failed.is_some() {
+                break;
+            }
+        }
+        // One failed post fails the pass's later ones too (they would reach
+        // the owner out of order): every send of the pass is routed again;
+        // one that did arrive is answered as a duplicate by its cid.
         if let Some(why) = failed {
-            debug!(%room, %node, %why, "forward not delivered");
-            self.ownership.invalidate(&room);
-            if let Some(f) = self.lock().remove(&id) {
-                self.retry(f.job, SendError::Unavailable(why));
+            debug!(%node, %why, sends = ids.len(), "forward not delivered");
+            for room in &rooms {
+                self.ownership.invalidate(room);
+            }
+            for id in ids {
+                if let Some(f) = self.lock().remove(&id) {
+                    self.retry(f.job, SendError::Unavailable(why.clone()));
+                }
             }
         }
     }
@@ -236,24 +296,37 @@ impl Forwarder {
         }
     }
 
-    /// A send forwarded to this node (from the inbox): sequence it if this node
-    /// owns the room, and answer the sender's node.
-    async fn on_forward(&self, id: u64, from: String, req: SendRequest) {
-        let owner = self.ownership.resolve(&req.room).await;
-        let rx = match owner {
-            Ok(Owner::Me) => self.sequencer.enqueue(req),
-            Ok(Owner::Other(_)) => Err(SendError::NotOwner),
-            Err(e) => Err(SendError::Unavailable(format!("redis: {e}"))),
-        };
-        let (inbox, timeout) = (self.inbox.clone(), self.send_timeout);
-        self.shutdown.spawn(async move {
-            let result = match rx {
-                Ok(rx) => await_ack(rx, timeout).await,
-                Err(e) => Err(e),
+    /// Sends forwarded to this node (from the inbox), in order: sequence each
+    /// whose room this node owns, and answer the sender's node as the
+    /// outcomes come (those ready together in one message).
+    async fn on_forwards(&self, from: String, items: Vec<(u64, SendRequest)>) {
+        let timeout = self.send_timeout;
+        let mut outcomes: FuturesUnordered<BoxFuture<'static, (u64, Outcome)>> =
+            FuturesUnordered::new();
+        for (id, req) in items {
+            let owner = self.ownership.resolve(&req.room).await;
+            let rx = match owner {
+                Ok(Owner::Me) => self.sequencer.enqueue(req),
+                Ok(Owner::Other(_)) => Err(SendError::NotOwner),
+                Err(e) => Err(SendError::Unavailable(format!("redis: {e}"))),
             };
-            if let Err(e) = inbox.post(&from, InboxMessage::answer(id, result)).await {
-                // The sender's node retries after its forward timeout.
-                debug!(error = %e, "answering a forward failed");
+            outcomes.push(match rx {
+                Ok(rx) => Box::pin(async move { (id, await_ack(rx, timeout).await) }),
+                Err(e) => Box::pin(std::future::ready((id, Err(e)))),
+            });
+        }
+        let inbox = self.inbox.clone();
+        self.shutdown.spawn(async move {
+            while let Some(first) = outcomes.next().await {
+                let mut ready = vec![first];
+                while let Some(Some(more)) = outcomes.next().now_or_never() {
+                    ready.push(more);
+                }
+                metrics::counter!("chorus_forward_answer_messages_total").increment(1);
+                if let Err(e) = inbox.post(&from, InboxMessage::answers(ready)).await {
+                    // The sender's node retries after its forward timeout.
+                    debug!(error = %e, "answering forwards failed");
+                }
             }
         });
     }
@@ -300,8 +373,12 @@ impl Forwarder {
 impl InboxHandler for Forwarder {
     async fn on_inbox(&self, message: InboxMessage) {
         match message {
-            InboxMessage::Forward { id, from, req } => self.on_forward(id, from, req).await,
-            InboxMessage::Answer { id, result } => self.on_answer(id, result),
+            InboxMessage::Forwards { from, items, .. } => self.on_forwards(from, items).await,
+            InboxMessage::Answers(answers) => {
+                for (id, result) in answers {
+                    self.on_answer(id, result);
+                }
+            }
         }
     }
 }

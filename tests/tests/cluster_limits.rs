@@ -432,3 +432,82 @@ async fn shared_limits_fail_open_while_redis_is_down() {
         restarted.elapsed()
     );
 }
+
+/// Nodes spend the shared buckets from leases: a user well below their rate
+/// costs a Redis call per half a lease of sends, not one per send, and two
+/// nodes spending one user's bucket together still never get more than the
+/// bucket gives (leased tokens are taken from Redis before they are spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_spend_locally_and_never_overspend() {
+    // rate 100, burst 40: a lease is 10 tokens (a tenth of a second).
+    const RATE: u64 = 100;
+    const BURST: u64 = 40;
+    let cluster = Cluster::start(
+        2,
+        &flags(&["--user-sends-per-sec", "100", "--user-send-burst", "40"]),
+    );
+    let a = Client::connect(on(&cluster.nodes[0], "carol", None))
+        .await
+        .unwrap();
+    a.join("lease", None).await.unwrap();
+    let before = metric(&cluster.nodes[0], "chorus_send_limit_requests_total").await;
+    for i in 0..30 {
+        assert!(matches!(
+            send_once(&a, "lease", &format!("slow{i}")).await,
+            Outcome::Acked
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = metric(&cluster.nodes[0], "chorus_send_limit_requests_total").await - before;
+    eprintln!("30 sends below the rate: {asked} lease requests");
+    assert!(
+        (1.0..=10.0).contains(&asked),
+        "one request per half lease (5 sends), not per send: {asked}"
+    );
+
+    // Over the limit from both nodes at once: each connection pipelines its
+    // sends, so both nodes lease from the same bucket concurrently.
+    let b = Client::connect(on(&cluster.nodes[1], "dave", None))
+        .await
+        .unwrap();
+    let c = Client::connect(on(&cluster.nodes[0], "dave", None))
+        .await
+        .unwrap();
+    b.join("lease", None).await.unwrap();
+    c.join("lease", None).await.unwrap();
+    // Let the bucket refill to its burst after the joins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let burst = |client: &Client, tag: &'static str| {
+        let h = client.handle();
+        async move {
+            let sends = (0..60).map(|i| {
+                let h = h.clone();
+                async move { h.send("lease", &format!("{tag}{i}"), text("x"), None).await }
+            });
+            futures_util::future::join_all(sends).await
+        }
+    };
+    let (rb, rc) = tokio::join!(burst(&b, "b"), burst(&c, "c"));
+    let elapsed = started.elapsed();
+    let mut acked = 0u64;
+    let mut limited = 0u64;
+    for r in rb.iter().chain(rc.iter()) {
+        match r {
+            Ok(_) => acked += 1,
+            Err(ClientError::Server {
+                code: ErrorCode::RateLimited,
+                ..
+            }) => limited += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    eprintln!("120 sends from 2 nodes in {elapsed:?}: {acked} acked, {limited} limited");
+    assert!(
+        acked <= allowance(RATE, BURST, elapsed),
+        "{acked} acked in {elapsed:?} is over {RATE}/s with burst {BURST}"
+    );
+    // What a node holds unspent is at most a lease: the other still gets the rest.
+    assert!(acked + 20 >= BURST, "{acked} acked of a burst of {BURST}");
+    assert!(limited > 0);
+}
