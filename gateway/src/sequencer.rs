@@ -154,18 +154,30 @@ struct Published {
     rooms: Vec<Committed>,
 }
 
-/// The publish stage: every committed group, in commit order, is published
-/// to the other nodes (its rooms concurrently: their publishes share the
-/// Redis connection's writes instead of waiting a round trip each) and its
-/// senders acked. The next group waits for all of them, so each room's
-/// batches reach the broker in seq order. Ends when the writer drops its
-/// sender, after the groups queued before.
+/// The publish stage: the committed groups, in commit order, are published
+/// to the other nodes and their senders acked. Each pass takes every group
+/// queued meanwhile and merges each room's batches into one (a room's seqs
+/// of consecutive groups are contiguous: one writer assigned them), so a
+/// busy writer costs one Redis message per room per pass; the pass's rooms
+/// go out concurrently (their publishes share the Redis connection's writes
+/// instead of waiting a round trip each). The next pass waits for all of
+/// them, so each room's batches reach the broker in seq order. Ends when the
+/// writer drops its sender, after the groups queued before.
 async fn publish_stage(fanout: Arc<FanOut>, mut rx: mpsc::Receiver<Published>) {
     while let Some(group) = rx.recv().await {
-        let jobs = group.rooms.into_iter().map(|c| {
+        let mut groups = vec![group];
+        while groups.len() < PUBLISH_QUEUE {
+            match rx.try_recv() {
+                Ok(g) => groups.push(g),
+                Err(_) => break,
+            }
+        }
+        let oldest = groups[0].started;
+        let rooms = merge(groups);
+        let jobs = rooms.into_iter().map(|c| {
             let fanout = &fanout;
             async move {
-                if let Some((first, last, frames)) = &c.frames {
+                for (first, last, frames) in &c.frames {
                     let publishing = Instant::now();
                     let published = fanout.publish_remote(&c.room, *first, *last, frames).await;
                     metrics::histogram!("chorus_fanout_seconds")
@@ -187,8 +199,47 @@ async fn publish_stage(fanout: Arc<FanOut>, mut rx: mpsc::Receiver<Published>) {
             }
         });
         futures_util::future::join_all(jobs).await;
-        metrics::histogram!("chorus_group_seconds").record(group.started.elapsed().as_secs_f64());
+        metrics::histogram!("chorus_group_seconds").record(oldest.elapsed().as_secs_f64());
     }
+}
+
+/// One room's batches of a pass, merged where contiguous, and its acks.
+struct Merged {
+    room: String,
+    /// In seq order; more than one only if a range did not follow the one
+    /// before (published one after the other).
+    frames: Vec<(u64, u64, MsgBatch)>,
+    acks: Vec<(Appended, Reply)>,
+}
+
+/// The rooms of `groups` (in commit order), each with its batches merged.
+fn merge(groups: Vec<Published>) -> Vec<Merged> {
+    let mut order: Vec<Merged> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for c in groups.into_iter().flat_map(|g| g.rooms) {
+        let i = *index.entry(c.room.clone()).or_insert_with(|| {
+            order.push(Merged {
+                room: c.room.clone(),
+                frames: Vec::new(),
+                acks: Vec::new(),
+            });
+            order.len() - 1
+        });
+        let m = &mut order[i];
+        m.acks.extend(c.acks);
+        let Some((first, last, frames)) = c.frames else {
+            continue;
+        };
+        match m.frames.last_mut() {
+            Some((_, prev_last, prev)) if *prev_last + 1 == first => {
+                let joined: MsgBatch = prev.iter().chain(frames.iter()).cloned().collect();
+                *prev = joined;
+                *prev_last = last;
+            }
+            _ => m.frames.push((first, last, frames)),
+        }
+    }
+    order
 }
 
 impl Writer {

@@ -1,6 +1,6 @@
 //! The write path of `append`, inside the caller's transaction: lock and
-//! fence the rooms, look up duplicates, assign seqs, insert the new rows in one
-//! statement and move the rooms' tips.
+//! fence the rooms, look up duplicates, assign seqs, then insert the new rows
+//! and move the rooms' tips in one statement.
 
 use std::collections::HashMap;
 
@@ -23,7 +23,7 @@ type Key<'a> = (&'a str, &'a str, &'a str);
 
 /// The body of `append`, inside the caller's transaction: a fixed number of
 /// round trips however many rooms and messages the call carries (lock, look
-/// up duplicates, insert, move tips).
+/// up duplicates, insert and move tips).
 pub(super) async fn append_in(
     tx: &mut Transaction<'_, Postgres>,
     batches: &[RoomBatch],
@@ -189,10 +189,24 @@ pub(super) async fn append_in(
     if rows.seqs.is_empty() {
         return Ok(outcomes);
     }
+    let (mut tip_rooms, mut tips) = (Vec::new(), Vec::new());
+    for (room, state) in &locked {
+        if state.last_seq != state.committed {
+            tip_rooms.push(room.as_str());
+            // Fits: every assigned seq was checked against i64 above.
+            tips.push(saturating_i64(state.last_seq));
+        }
+    }
+    // The rows and the tips in one statement (one round trip): PostgreSQL
+    // runs a data-modifying WITH exactly once, to completion, in the same
+    // snapshot and transaction as the UPDATE.
     sqlx::query(
-        "INSERT INTO messages (room, seq, id, sender, cid, body, meta, ts) \
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-                              $6::text[], $7::text[], $8::int8[])",
+        "WITH inserted AS ( \
+           INSERT INTO messages (room, seq, id, sender, cid, body, meta, ts) \
+           SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+                                $6::text[], $7::text[], $8::int8[])) \
+         UPDATE rooms SET last_seq = u.last_seq \
+         FROM UNNEST($9::text[], $10::int8[]) AS u(room, last_seq) WHERE rooms.room = u.room",
     )
     .bind(&rows.rooms)
     .bind(&rows.seqs)
@@ -202,22 +216,6 @@ pub(super) async fn append_in(
     .bind(&rows.bodies)
     .bind(&rows.metas)
     .bind(&rows.tss)
-    .execute(&mut **tx)
-    .await
-    .map_err(pg_error)?;
-
-    let (mut tip_rooms, mut tips) = (Vec::new(), Vec::new());
-    for (room, state) in &locked {
-        if state.last_seq != state.committed {
-            tip_rooms.push(room.as_str());
-            // Fits: every assigned seq was checked against i64 above.
-            tips.push(saturating_i64(state.last_seq));
-        }
-    }
-    sqlx::query(
-        "UPDATE rooms SET last_seq = u.last_seq \
-         FROM UNNEST($1::text[], $2::int8[]) AS u(room, last_seq) WHERE rooms.room = u.room",
-    )
     .bind(&tip_rooms)
     .bind(&tips)
     .execute(&mut **tx)
