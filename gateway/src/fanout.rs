@@ -139,30 +139,11 @@ impl FanOut {
         last: u64,
         frames: Vec<(u64, Utf8Bytes)>,
     ) -> Result<(), BrokerError> {
-        let frames = self.deliver_local(room, last, frames);
-        self.publish_remote(room, first, last, &frames).await
-    }
-
-    /// The first half of [`publish`](Self::publish): deliver to this node's
-    /// connections (no broker round trip) and return the shared batch for
-    /// [`publish_remote`](Self::publish_remote).
-    pub fn deliver_local(&self, room: &str, last: u64, frames: Vec<(u64, Utf8Bytes)>) -> MsgBatch {
         let frames: MsgBatch = frames.into();
+        // Local members first (no broker round trip), then everyone else.
         self.hub.deliver(room, frames.clone());
         self.advance(room, last);
-        frames
-    }
-
-    /// The second half of [`publish`](Self::publish): hand the batch to the
-    /// broker for the other nodes.
-    pub async fn publish_remote(
-        &self,
-        room: &str,
-        first: u64,
-        last: u64,
-        frames: &MsgBatch,
-    ) -> Result<(), BrokerError> {
-        self.broker.publish(room, first, last, frames).await
+        self.broker.publish(room, first, last, &frames).await
     }
 
     /// Deliver an ephemeral frame (typing, presence diff, receipts) to every

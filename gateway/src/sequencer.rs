@@ -7,27 +7,22 @@
 //! and costs no latency when idle.
 //!
 //! Order per group: claim unknown rooms (bump the durable epoch) -> one
-//! transaction for every room's batch, epoch-checked per room -> deliver each
-//! room's new messages (serialised once) to this node's connections -> the
-//! publish stage: publish them to the other nodes, then ack every sender. A
-//! sender is acked only after its message is committed; a fenced room's
-//! senders get `not_owner`. The publish stage is a task of its own that takes
-//! groups in commit order, so the writer commits the next group while the
-//! previous one is published (the Redis round trip leaves the commit cycle).
+//! transaction for every room's batch, epoch-checked per room -> publish each
+//! room's new messages (serialised once) -> ack every sender. A sender is acked
+//! only after its message is committed; a fenced room's senders get `not_owner`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use chorus_history::{Appended, HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
+use chorus_history::{HistoryStore, NewMessage, RoomBatch, RoomOutcome, StoreError};
 use chorus_protocol::Message;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
 use crate::fanout::FanOut;
-use crate::hub::MsgBatch;
 use crate::names::public_name;
 use crate::send::{Acked, Reply, SendError, SendRequest};
 use crate::shutdown::Shutdown;
@@ -70,16 +65,12 @@ impl Sequencer {
         shutdown: &Shutdown,
     ) -> (Sequencer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue);
-        let (publish, published) = mpsc::channel(PUBLISH_QUEUE);
-        let stage = shutdown.spawn(publish_stage(fanout.clone(), published));
         let writer = Writer {
             cfg: cfg.clone(),
             store,
             fanout,
             rooms: HashMap::new(),
             reclaims,
-            publish: Some(publish),
-            stage: Some(stage),
         };
         let task = shutdown.spawn(writer.run(rx, shutdown.clone()));
         (Sequencer { tx }, task)
@@ -129,117 +120,6 @@ struct Writer {
     rooms: HashMap<String, Owned>,
     /// Rooms to forget before the next commit (see `Sequencer::spawn`).
     reclaims: Option<mpsc::Receiver<String>>,
-    /// The publish stage's queue (taken at the end, which ends the stage).
-    publish: Option<mpsc::Sender<Published>>,
-    /// The publish stage, awaited when the writer ends.
-    stage: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Committed groups the publish stage may hold before the writer waits.
-const PUBLISH_QUEUE: usize = 8;
-
-/// One committed room of a group, delivered locally, for the publish stage.
-struct Committed {
-    room: String,
-    /// `first..=last` and their frames; `None` when every send was a duplicate.
-    frames: Option<(u64, u64, MsgBatch)>,
-    /// Each sender's outcome and where to send it.
-    acks: Vec<(Appended, Reply)>,
-}
-
-/// A committed group for the publish stage.
-struct Published {
-    /// When its commit started (for `chorus_group_seconds`).
-    started: Instant,
-    rooms: Vec<Committed>,
-}
-
-/// The publish stage: the committed groups, in commit order, are published
-/// to the other nodes and their senders acked. Each pass takes every group
-/// queued meanwhile and merges each room's batches into one (a room's seqs
-/// of consecutive groups are contiguous: one writer assigned them), so a
-/// busy writer costs one Redis message per room per pass; the pass's rooms
-/// go out concurrently (their publishes share the Redis connection's writes
-/// instead of waiting a round trip each). The next pass waits for all of
-/// them, so each room's batches reach the broker in seq order. Ends when the
-/// writer drops its sender, after the groups queued before.
-async fn publish_stage(fanout: Arc<FanOut>, mut rx: mpsc::Receiver<Published>) {
-    while let Some(group) = rx.recv().await {
-        let mut groups = vec![group];
-        while groups.len() < PUBLISH_QUEUE {
-            match rx.try_recv() {
-                Ok(g) => groups.push(g),
-                Err(_) => break,
-            }
-        }
-        let oldest = groups[0].started;
-        let rooms = merge(groups);
-        let jobs = rooms.into_iter().map(|c| {
-            let fanout = &fanout;
-            async move {
-                for (first, last, frames) in &c.frames {
-                    let publishing = Instant::now();
-                    let published = fanout.publish_remote(&c.room, *first, *last, frames).await;
-                    metrics::histogram!("chorus_fanout_seconds")
-                        .record(publishing.elapsed().as_secs_f64());
-                    if let Err(e) = published {
-                        // Committed is what counts: receivers find the gap by
-                        // seq and fill it from history.
-                        warn!(room = %c.room, error = %e, "publish failed after commit");
-                    }
-                }
-                for (a, reply) in c.acks {
-                    let _ = reply.send(Ok(Acked {
-                        seq: a.seq,
-                        id: a.id,
-                        ts: a.ts,
-                        duplicate: a.duplicate,
-                    }));
-                }
-            }
-        });
-        futures_util::future::join_all(jobs).await;
-        metrics::histogram!("chorus_group_seconds").record(oldest.elapsed().as_secs_f64());
-    }
-}
-
-/// One room's batches of a pass, merged where contiguous, and its acks.
-struct Merged {
-    room: String,
-    /// In seq order; more than one only if a range did not follow the one
-    /// before (published one after the other).
-    frames: Vec<(u64, u64, MsgBatch)>,
-    acks: Vec<(Appended, Reply)>,
-}
-
-/// The rooms of `groups` (in commit order), each with its batches merged.
-fn merge(groups: Vec<Published>) -> Vec<Merged> {
-    let mut order: Vec<Merged> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for c in groups.into_iter().flat_map(|g| g.rooms) {
-        let i = *index.entry(c.room.clone()).or_insert_with(|| {
-            order.push(Merged {
-                room: c.room.clone(),
-                frames: Vec::new(),
-                acks: Vec::new(),
-            });
-            order.len() - 1
-        });
-        let m = &mut order[i];
-        m.acks.extend(c.acks);
-        let Some((first, last, frames)) = c.frames else {
-            continue;
-        };
-        match m.frames.last_mut() {
-            Some((_, prev_last, prev)) if *prev_last + 1 == first => {
-                let joined: MsgBatch = prev.iter().chain(frames.iter()).cloned().collect();
-                *prev = joined;
-                *prev_last = last;
-            }
-            _ => m.frames.push((first, last, frames)),
-        }
-    }
-    order
 }
 
 impl Writer {
@@ -277,11 +157,6 @@ impl Writer {
                 }
             }
             self.commit(group).await;
-        }
-        // Every group committed is published and acked before the writer ends.
-        self.publish = None;
-        if let Some(stage) = self.stage.take() {
-            let _ = stage.await;
         }
         debug!("writer stopped");
     }
@@ -347,10 +222,11 @@ impl Writer {
             }
         };
         metrics::histogram!("chorus_commit_seconds").record(started.elapsed().as_secs_f64());
-        // Each committed room is delivered here at once, then handed to the
-        // publish stage, which publishes it to the other nodes and acks its
-        // senders while this task commits the next group.
-        let mut rooms = Vec::with_capacity(waiting.len());
+        // Each committed room is published, then its senders acked. The rooms
+        // of a group go out concurrently (their publishes share the Redis
+        // connection's writes instead of waiting a round trip each); the next
+        // group waits for all of them, so each room's batches stay in order.
+        let mut jobs = Vec::with_capacity(waiting.len());
         for (((room, reqs), batch), outcome) in waiting.into_iter().zip(&batches).zip(outcomes) {
             match outcome {
                 RoomOutcome::Fenced { current_epoch } => {
@@ -383,30 +259,34 @@ impl Writer {
                             (a.seq, frame)
                         })
                         .collect();
-                    let range = match (frames.first(), frames.last()) {
-                        (Some(&(first, _)), Some(&(last, _))) => Some((first, last)),
-                        _ => None,
-                    };
-                    let frames = range.map(|(first, last)| {
-                        (first, last, self.fanout.deliver_local(&room, last, frames))
+                    let fanout = self.fanout.clone();
+                    jobs.push(async move {
+                        if let Some(&(last, _)) = frames.last() {
+                            let first = frames[0].0;
+                            let publishing = Instant::now();
+                            let published = fanout.publish(&room, first, last, frames).await;
+                            metrics::histogram!("chorus_fanout_seconds")
+                                .record(publishing.elapsed().as_secs_f64());
+                            if let Err(e) = published {
+                                // Committed is what counts: receivers find the gap by
+                                // seq and fill it from history.
+                                warn!(%room, error = %e, "publish failed after commit");
+                            }
+                        }
+                        for (a, (_, reply)) in appended.into_iter().zip(reqs) {
+                            let _ = reply.send(Ok(Acked {
+                                seq: a.seq,
+                                id: a.id,
+                                ts: a.ts,
+                                duplicate: a.duplicate,
+                            }));
+                        }
                     });
-                    let acks = appended
-                        .into_iter()
-                        .zip(reqs)
-                        .map(|(a, (_, reply))| (a, reply))
-                        .collect();
-                    rooms.push(Committed { room, frames, acks });
                 }
             }
         }
-        if rooms.is_empty() {
-            return;
-        }
-        // A full stage holds the writer: Redis slower than the commits
-        // slows the commits, never queues without bound.
-        if let Some(stage) = &self.publish {
-            let _ = stage.send(Published { started, rooms }).await;
-        }
+        futures_util::future::join_all(jobs).await;
+        metrics::histogram!("chorus_group_seconds").record(started.elapsed().as_secs_f64());
     }
 
     /// Forget the rooms this node took anew: their epoch is claimed again.
