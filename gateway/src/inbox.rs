@@ -82,14 +82,15 @@ impl InboxMessage {
     }
 
     /// Forward several sends of node `from` (ids and [`forward_body`]s, in
-    /// order): as few messages as the format allows, to be posted in order.
-    pub fn forwards(from: &str, items: &[(u64, String)]) -> Vec<Encoded> {
+    /// order): as few messages as the format allows, to be posted in order,
+    /// each with the number of sends it carries.
+    pub fn forwards(from: &str, items: &[(u64, String)]) -> Vec<(Encoded, usize)> {
         let mut out = Vec::new();
         let mut run: Vec<&(u64, String)> = Vec::new();
-        let flush = |run: &mut Vec<&(u64, String)>, out: &mut Vec<Encoded>| {
+        let flush = |run: &mut Vec<&(u64, String)>, out: &mut Vec<(Encoded, usize)>| {
             match run.as_slice() {
                 [] => {}
-                [(id, body)] => out.push(InboxMessage::forward(*id, from, body)),
+                [(id, body)] => out.push((InboxMessage::forward(*id, from, body), 1)),
                 many => {
                     let mut text = String::with_capacity(
                         8 + from.len() + many.iter().map(|(_, b)| b.len() + 22).sum::<usize>(),
@@ -102,7 +103,7 @@ impl InboxMessage {
                         text.push(' ');
                         text.push_str(body);
                     }
-                    out.push(Encoded(text));
+                    out.push((Encoded(text), many.len()));
                 }
             }
             run.clear();
@@ -110,7 +111,7 @@ impl InboxMessage {
         for item in items {
             if item.1.contains('\n') {
                 flush(&mut run, &mut out);
-                out.push(InboxMessage::forward(item.0, from, &item.1));
+                out.push((InboxMessage::forward(item.0, from, &item.1), 1));
             } else {
                 run.push(item);
             }
@@ -154,7 +155,10 @@ impl InboxMessage {
                 };
                 Ok(InboxMessage::Forwards {
                     from: from.to_owned(),
-                    items: vec![(id, serde_json::from_str(body).map_err(Undecodable::Forward)?)],
+                    items: vec![(
+                        id,
+                        serde_json::from_str(body).map_err(Undecodable::Forward)?,
+                    )],
                     undecodable: 0,
                 })
             }
@@ -351,12 +355,13 @@ mod tests {
         let body = forward_body(&req()).unwrap_or_else(|e| panic!("{e}"));
         // One send: the single form, which every node understands.
         let one = InboxMessage::forwards("n", &[(1, body.clone())]);
-        assert_eq!(one, vec![InboxMessage::forward(1, "n", &body)]);
+        assert_eq!(one, vec![(InboxMessage::forward(1, "n", &body), 1)]);
         let items: Vec<(u64, String)> = (10..15).map(|i| (i, body.clone())).collect();
         let wire = InboxMessage::forwards("node-b", &items);
         assert_eq!(wire.len(), 1);
-        assert!(wire[0].as_str().starts_with("FB node-b\n10 {"));
-        let (from, got, bad) = forwards(InboxMessage::decode(wire[0].as_str()).unwrap());
+        assert_eq!(wire[0].1, 5);
+        assert!(wire[0].0.as_str().starts_with("FB node-b\n10 {"));
+        let (from, got, bad) = forwards(InboxMessage::decode(wire[0].0.as_str()).unwrap());
         assert_eq!((from.as_str(), bad), ("node-b", 0));
         assert_eq!(
             got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -367,18 +372,27 @@ mod tests {
         let raw = "{\"room\":\"t/r\",\n\"x\":1}".to_string();
         let wire = InboxMessage::forwards(
             "n",
-            &[(1, body.clone()), (2, body.clone()), (3, raw.clone()), (4, body.clone())],
+            &[
+                (1, body.clone()),
+                (2, body.clone()),
+                (3, raw.clone()),
+                (4, body.clone()),
+            ],
         );
         assert_eq!(wire.len(), 3);
-        assert!(wire[0].as_str().starts_with("FB n\n1 "));
-        assert_eq!(wire[1], InboxMessage::forward(3, "n", &raw));
-        assert_eq!(wire[2], InboxMessage::forward(4, "n", &body));
+        assert!(wire[0].0.as_str().starts_with("FB n\n1 "));
+        assert_eq!(wire[0].1, 2);
+        assert_eq!(wire[1], (InboxMessage::forward(3, "n", &raw), 1));
+        assert_eq!(wire[2], (InboxMessage::forward(4, "n", &body), 1));
         // A bad entry of a batch is skipped; the others are kept.
         let (_, got, bad) = forwards(
             InboxMessage::decode(&format!("FB n\n1 {body}\n2 not json\nx {body}\n3 {body}"))
                 .unwrap(),
         );
-        assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(bad, 2);
     }
 

@@ -21,8 +21,8 @@
 //! and the per-connection buckets still bound every socket meanwhile.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
@@ -552,7 +552,9 @@ impl RedisBuckets {
         let mut asks = [(0u64, 0u64); 2];
         let mut short = false;
         for (i, w) in wants.iter().enumerate() {
-            let Some((key, scope, rate)) = w else { continue };
+            let Some((key, scope, rate)) = w else {
+                continue;
+            };
             let lease = leases.entry(key.clone()).or_insert_with(|| Lease::new(now));
             if let Some(until) = lease.refused_until {
                 if until > now {

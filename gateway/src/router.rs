@@ -253,7 +253,8 @@ impl Forwarder {
         metrics::counter!("chorus_forwards_total").increment(items.len() as u64);
         let ids: Vec<u64> = items.iter().map(|(id, _)| *id).collect();
         let mut failed = None;
-        for message in InboxMessage::forwards(&self.node, &items) {
+        let mut posted = 0;
+        for (message, carried) in InboxMessage::forwards(&self.node, &items) {
             metrics::counter!("chorus_forward_messages_total").increment(1);
             failed = match self.inbox.post(&node, message).await {
                 Ok(false) => Some(format!("owner {node} is not listening")),
@@ -263,17 +264,18 @@ impl Forwarder {
             if failed.is_some() {
                 break;
             }
+            posted += carried;
         }
-        // One failed post fails the pass's later ones too (they would reach
-        // the owner out of order): every send of the pass is routed again;
-        // one that did arrive is answered as a duplicate by its cid.
+        // A failed post: its sends and the pass's later ones (which would
+        // reach the owner out of order) are routed again; those posted before
+        // wait for their answers as usual.
         if let Some(why) = failed {
-            debug!(%node, %why, sends = ids.len(), "forward not delivered");
-            for room in &rooms {
+            debug!(%node, %why, sends = ids.len() - posted, "forward not delivered");
+            for room in &rooms[posted..] {
                 self.ownership.invalidate(room);
             }
-            for id in ids {
-                if let Some(f) = self.lock().remove(&id) {
+            for id in &ids[posted..] {
+                if let Some(f) = self.lock().remove(id) {
                     self.retry(f.job, SendError::Unavailable(why.clone()));
                 }
             }

@@ -144,6 +144,30 @@ async fn three_nodes_one_room_total_order() {
         assert_eq!(c.handle().gaps(), 0);
     }
     assert_gap_free(&cluster.nodes[1].history("hot").await, total);
+    // Two thirds of the sends were forwarded to the owner; with 16 in flight
+    // per client, a routing pass carries several of them in one message.
+    let (mut forwards, mut messages) = (0.0, 0.0);
+    for node in &cluster.nodes {
+        forwards += metric(node, "chorus_forwards_total").await;
+        messages += metric(node, "chorus_forward_messages_total").await;
+    }
+    eprintln!("{forwards} sends forwarded in {messages} inbox messages");
+    assert!(forwards >= total as f64 / 2.0, "{forwards} forwarded");
+    assert!(messages < forwards, "forwards batched: {messages} messages");
+}
+
+/// The sum of a metric's series on `node`.
+async fn metric(node: &GatewayProcess, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", node.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -60,7 +60,10 @@ pub(crate) async fn open_receivers(
     }))
     .buffer_unordered(200);
     let results: Vec<anyhow::Result<u32>> = jobs.collect().await;
-    let retried = results.iter().filter(|r| matches!(r, Ok(n) if *n > 0)).count();
+    let retried = results
+        .iter()
+        .filter(|r| matches!(r, Ok(n) if *n > 0))
+        .count();
     if retried > 0 {
         println!(
             "  {:<13} {retried} of {n} connections joined at a second or third try",
