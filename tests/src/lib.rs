@@ -277,6 +277,21 @@ impl GatewayProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The sum of a metric's series (`name` and `name{...}`) on this node's
+    /// `/metrics`; 0 when the node has not made it yet.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// A WebSocket URL authenticating `user` with a fresh JWT.
     pub fn url_for(&self, user: &str) -> String {
         format!(

@@ -148,26 +148,12 @@ async fn three_nodes_one_room_total_order() {
     // per client, a routing pass carries several of them in one message.
     let (mut forwards, mut messages) = (0.0, 0.0);
     for node in &cluster.nodes {
-        forwards += metric(node, "chorus_forwards_total").await;
-        messages += metric(node, "chorus_forward_messages_total").await;
+        forwards += node.metric("chorus_forwards_total").await;
+        messages += node.metric("chorus_forward_messages_total").await;
     }
     eprintln!("{forwards} sends forwarded in {messages} inbox messages");
     assert!(forwards >= total as f64 / 2.0, "{forwards} forwarded");
     assert!(messages < forwards, "forwards batched: {messages} messages");
-}
-
-/// The sum of a metric's series on `node`.
-async fn metric(node: &GatewayProcess, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

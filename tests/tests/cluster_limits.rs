@@ -362,19 +362,6 @@ async fn redis_buckets_are_atomic_and_expire() {
     assert!(ttl > 0 && ttl <= 1400, "{ttl}");
 }
 
-async fn metric(node: &GatewayProcess, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Redis away: the shared limits fail open (the owner of a room keeps
 /// accepting sends past the user limit), counted in a metric; once Redis is
 /// back the limit holds again.
@@ -411,7 +398,7 @@ async fn shared_limits_fail_open_while_redis_is_down() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "fail open is fast: {took:?}");
     eprintln!("redis down: 6 sends over the user limit acked in {took:?}");
-    assert!(metric(node, "chorus_send_limit_fail_open_total").await >= 6.0);
+    assert!(node.metric("chorus_send_limit_fail_open_total").await >= 6.0);
     redis.restart();
     let restarted = Instant::now();
     // The limit is back once the node has reconnected (bounded by the
@@ -450,7 +437,9 @@ async fn leases_spend_locally_and_never_overspend() {
         .await
         .unwrap();
     a.join("lease", None).await.unwrap();
-    let before = metric(&cluster.nodes[0], "chorus_send_limit_requests_total").await;
+    let before = cluster.nodes[0]
+        .metric("chorus_send_limit_requests_total")
+        .await;
     for i in 0..30 {
         assert!(matches!(
             send_once(&a, "lease", &format!("slow{i}")).await,
@@ -458,7 +447,10 @@ async fn leases_spend_locally_and_never_overspend() {
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let asked = metric(&cluster.nodes[0], "chorus_send_limit_requests_total").await - before;
+    let asked = cluster.nodes[0]
+        .metric("chorus_send_limit_requests_total")
+        .await
+        - before;
     eprintln!("30 sends below the rate: {asked} lease requests");
     assert!(
         (1.0..=10.0).contains(&asked),
