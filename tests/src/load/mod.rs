@@ -1,6 +1,7 @@
 //! The load generator's connections: one lean WebSocket per simulated client,
-//! speaking either chorus's protocol or Socket.IO's (Engine.IO v4 over
-//! WebSocket), so one tool drives every contender with the same workload.
+//! speaking chorus's protocol, Socket.IO's (Engine.IO v4 over WebSocket) or
+//! Pusher's (Sockudo), so one tool drives every contender with the same
+//! workload.
 //!
 //! Lean on purpose: a receiver is one task over one socket with small
 //! buffers; it answers heartbeats and, for each room message, reads two
@@ -11,7 +12,8 @@
 //! - [`Proto`], [`connect`], [`join`]: open a connection and join a room.
 //! - [`Receiver`]: counts deliveries, losses, duplicates, reorders, and
 //!   delivery lag into shared [`Stats`].
-//! - [`Sender`]: open-loop constant-rate publisher.
+//! - [`Publisher`], [`publish_many`]: open-loop constant-rate publisher (a
+//!   WebSocket, or for Pusher the signed HTTP API a backend publishes through).
 //! - [`Server`]: a contender process (RSS and CPU from /proc).
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +39,17 @@ pub enum Proto {
     Chorus,
     /// Socket.IO 4 (Engine.IO v4, WebSocket transport only).
     SocketIo,
+    /// Pusher channels protocol 7 (Sockudo): clients subscribe over the
+    /// WebSocket, a backend publishes through the HTTP API ([`PusherApi`]).
+    Pusher,
 }
+
+/// The Pusher app the Sockudo peer is configured with (tests/bench/peers/sockudo).
+pub const PUSHER_APP_ID: &str = "chorus-bench";
+/// Its key (the WebSocket path and the API's `auth_key`).
+pub const PUSHER_KEY: &str = "chorus-bench-key";
+/// Its secret (signs the API's requests).
+pub const PUSHER_SECRET: &str = "chorus-bench-secret";
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -85,6 +97,9 @@ pub async fn connect_with(
         Proto::SocketIo => {
             format!("ws://{server}/socket.io/?EIO=4&transport=websocket&token={token}")
         }
+        Proto::Pusher => {
+            format!("ws://{server}/app/{PUSHER_KEY}?protocol=7&client=chorus-load&version=1.0")
+        }
     };
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
@@ -113,26 +128,40 @@ pub async fn connect_with(
             ws.send(Message::text("40")).await?;
             expect(&mut ws, proto, |t| t.starts_with("40")).await?;
         }
+        Proto::Pusher => {
+            expect(&mut ws, proto, |t| {
+                t.contains("pusher:connection_established")
+            })
+            .await?;
+        }
     }
     Ok((ws, resume_token))
 }
 
-/// Join `room` and wait for the reply.
-pub async fn join(ws: &mut Ws, proto: Proto, room: &str) -> anyhow::Result<()> {
+/// The frame that joins `room`.
+pub fn join_frame(proto: Proto, room: &str) -> String {
     match proto {
-        Proto::Chorus => {
-            ws.send(Message::text(format!(
-                r#"{{"op":"join","id":1,"room":"{room}"}}"#
-            )))
-            .await?;
-            expect(ws, proto, |t| t.starts_with(r#"{"op":"joined""#)).await?;
-        }
-        Proto::SocketIo => {
-            ws.send(Message::text(format!(r#"420["join","{room}"]"#)))
-                .await?;
-            expect(ws, proto, |t| t.starts_with("430")).await?;
+        Proto::Chorus => format!(r#"{{"op":"join","id":1,"room":"{room}"}}"#),
+        Proto::SocketIo => format!(r#"420["join","{room}"]"#),
+        Proto::Pusher => {
+            format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{room}"}}}}"#)
         }
     }
+}
+
+/// Whether `t` is the reply to a [`join_frame`].
+pub fn is_joined(proto: Proto, t: &str) -> bool {
+    match proto {
+        Proto::Chorus => t.starts_with(r#"{"op":"joined""#),
+        Proto::SocketIo => t.starts_with("430"),
+        Proto::Pusher => t.contains("pusher_internal:subscription_succeeded"),
+    }
+}
+
+/// Join `room` and wait for the reply.
+pub async fn join(ws: &mut Ws, proto: Proto, room: &str) -> anyhow::Result<()> {
+    ws.send(Message::text(join_frame(proto, room))).await?;
+    expect(ws, proto, |t| is_joined(proto, t)).await?;
     Ok(())
 }
 
@@ -145,7 +174,7 @@ async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyho
                 if heartbeat(ws, proto, &t).await? {
                     continue;
                 }
-                if t.contains(r#""op":"error""#) {
+                if t.contains(r#""op":"error""#) || t.contains(r#""event":"pusher:error""#) {
                     anyhow::bail!("server error: {t}");
                 }
                 if want(&t) {
@@ -171,11 +200,16 @@ pub async fn heartbeat(ws: &mut Ws, proto: Proto, t: &str) -> anyhow::Result<boo
             ws.send(Message::text("3")).await?;
             Ok(true)
         }
+        Proto::Pusher if t.contains(r#""event":"pusher:ping""#) => {
+            ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
+                .await?;
+            Ok(true)
+        }
         _ => Ok(false),
     }
 }
 
-/// The unsigned integer after `"key":` in `text`.
+/// The unsigned integer after `key` in `text`.
 fn field(text: &str, key: &str) -> Option<u64> {
     let at = text.find(key)? + key.len();
     let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
@@ -264,9 +298,15 @@ pub async fn receive(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_k: u64 = 0;
-    let marker = match proto {
-        Proto::Chorus => r#"{"op":"msg""#,
-        Proto::SocketIo => r#"42["msg""#,
+    let is_msg = |t: &str| match proto {
+        Proto::Chorus => t.starts_with(r#"{"op":"msg""#),
+        Proto::SocketIo => t.starts_with(r#"42["msg""#),
+        Proto::Pusher => t.contains(r#""event":"msg""#),
+    };
+    // Pusher carries the body as a JSON string: its quotes come escaped.
+    let (key_k, key_t) = match proto {
+        Proto::Pusher => (r#"\"k\":"#, r#"\"t\":"#),
+        _ => (r#""k":"#, r#""t":"#),
     };
     loop {
         let m = tokio::select! {
@@ -281,14 +321,14 @@ pub async fn receive(
             }
             Some(Ok(_)) => continue,
         };
-        if !text.starts_with(marker) {
+        if !is_msg(&text) {
             if heartbeat(&mut ws, proto, &text).await.is_err() {
                 stats.disconnects.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             continue;
         }
-        let (Some(k), Some(t)) = (field(&text, r#""k":"#), field(&text, r#""t":"#)) else {
+        let (Some(k), Some(t)) = (field(&text, key_k), field(&text, key_t)) else {
             continue;
         };
         let lag = now_us().saturating_sub(t).max(1);
@@ -322,13 +362,212 @@ pub fn body(k: u64, t: u64, size: usize) -> String {
     s
 }
 
+/// The side that publishes: a WebSocket (chorus, Socket.IO, the floor) or,
+/// for a Pusher server, its HTTP API, as a Pusher backend publishes.
+pub enum Publisher {
+    /// Sends frames on a client connection.
+    Ws(Box<Ws>),
+    /// Posts signed events to the HTTP API.
+    Api(PusherApi),
+}
+
+/// What a publisher heard.
+enum Heard {
+    /// The acknowledgement of the message with this index.
+    Ack(u64),
+    /// Anything else (a heartbeat answered, a frame of no interest).
+    Other,
+}
+
+impl Publisher {
+    /// Open a publisher to `server` from `local`: a connection (chorus also
+    /// joins `rooms`: it only accepts sends into a joined room), or for
+    /// Pusher the HTTP API (a connection per event, see [`PusherApi`]).
+    pub async fn open(
+        proto: Proto,
+        server: SocketAddr,
+        local: IpAddr,
+        token: &str,
+        rooms: &[String],
+    ) -> anyhow::Result<Self> {
+        if proto == Proto::Pusher {
+            return Ok(Publisher::Api(PusherApi::new(server)));
+        }
+        let mut ws = connect(proto, server, local, token).await?;
+        if proto == Proto::Chorus {
+            for room in rooms {
+                join(&mut ws, proto, room).await?;
+            }
+        }
+        Ok(Publisher::Ws(Box::new(ws)))
+    }
+
+    /// Send message `i` (sequence `k` of `room`, scheduled at `t`).
+    async fn send(
+        &mut self,
+        proto: Proto,
+        (i, room, k, t): (u64, &str, u64, u64),
+        size: usize,
+        want_ack: bool,
+    ) -> anyhow::Result<()> {
+        let ws = match self {
+            Publisher::Api(api) => return api.post(i, room, &body(k, t, size)).await,
+            Publisher::Ws(ws) => ws,
+        };
+        let frame = match (proto, want_ack) {
+            (Proto::SocketIo, false) => format!(
+                r#"42["send",{{"room":"{room}","data":{}}}]"#,
+                body(k, t, size)
+            ),
+            (Proto::SocketIo, true) => format!(
+                r#"42{i}["send",{{"room":"{room}","data":{}}}]"#,
+                body(k, t, size)
+            ),
+            _ => format!(
+                r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{}}}"#,
+                body(k, t, size)
+            ),
+        };
+        ws.send(Message::text(frame)).await?;
+        Ok(())
+    }
+
+    /// The next thing the server said (cancel-safe: a select may drop it).
+    async fn hear(&mut self, proto: Proto) -> anyhow::Result<Heard> {
+        let ws = match self {
+            Publisher::Api(api) => return Ok(Heard::Ack(api.response().await?)),
+            Publisher::Ws(ws) => ws,
+        };
+        let t = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => return Ok(Heard::Other),
+            _ => anyhow::bail!("publisher connection closed"),
+        };
+        if heartbeat(ws, proto, &t).await? {
+            return Ok(Heard::Other);
+        }
+        let id = match proto {
+            Proto::SocketIo if t.starts_with("43") => {
+                t[2..].split('[').next().and_then(|n| n.parse::<u64>().ok())
+            }
+            Proto::Chorus if t.starts_with(r#"{"op":"ack""#) => field(&t, r#""id":"#),
+            _ => None,
+        };
+        Ok(id.map_or(Heard::Other, Heard::Ack))
+    }
+}
+
+/// Events posted to a Pusher server's HTTP API and not yet answered, at most.
+const API_IN_FLIGHT: usize = 256;
+
+/// A Pusher server's HTTP API, as a backend publishes through it: each event
+/// is a signed `POST /apps/{id}/events` (protocol 7's signature: HMAC-SHA256
+/// of the method, path and sorted query with the body's MD5). Sockudo
+/// answers every API request with `Connection: close`, so each post is a
+/// connection of its own, opened from 127.0.0.10-17 (the receivers use .2-.9)
+/// and posted without waiting for earlier answers (at most
+/// [`API_IN_FLIGHT`] at once), so the publisher stays open loop; a 200 is
+/// the event's acknowledgement (Sockudo answers once it has queued the event
+/// to its local sockets and published it to Redis).
+pub struct PusherApi {
+    server: SocketAddr,
+    posted: u64,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    answers_tx: tokio::sync::mpsc::Sender<anyhow::Result<u64>>,
+    answers: tokio::sync::mpsc::Receiver<anyhow::Result<u64>>,
+}
+
+impl PusherApi {
+    fn new(server: SocketAddr) -> Self {
+        // Room for every answer in flight: a post never waits to answer.
+        let (answers_tx, answers) = tokio::sync::mpsc::channel(API_IN_FLIGHT);
+        PusherApi {
+            server,
+            posted: 0,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(API_IN_FLIGHT)),
+            answers_tx,
+            answers,
+        }
+    }
+
+    /// The request that publishes `data` as event `msg` to `channel`.
+    fn request(&self, channel: &str, data: &str, timestamp: u64) -> String {
+        use hmac::{KeyInit, Mac};
+        use md5::Digest;
+        let event = serde_json::json!({"name": "msg", "channels": [channel], "data": data});
+        let body = event.to_string();
+        let path = format!("/apps/{PUSHER_APP_ID}/events");
+        let query = format!(
+            "auth_key={PUSHER_KEY}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
+            hex::encode(md5::Md5::digest(body.as_bytes()))
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PUSHER_SECRET.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(format!("POST\n{path}\n{query}").as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        format!(
+            "POST {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.server,
+            body.len()
+        )
+    }
+
+    /// Post event `i` on a connection of its own; its answer comes through
+    /// [`PusherApi::response`].
+    async fn post(&mut self, i: u64, channel: &str, data: &str) -> anyhow::Result<()> {
+        let request = self.request(channel, data, now_us() / 1_000_000);
+        let slot = self.slots.clone().acquire_owned().await?;
+        let local = IpAddr::from([127, 0, 0, 10 + (self.posted % 8) as u8]);
+        self.posted += 1;
+        let (server, answers) = (self.server, self.answers_tx.clone());
+        tokio::spawn(async move {
+            let answer = post_once(server, local, &request).await.map(|()| i);
+            let _ = answers.send(answer).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+
+    /// The index of the next event answered with 200, in the order answers
+    /// come (cancel-safe).
+    async fn response(&mut self) -> anyhow::Result<u64> {
+        match self.answers.recv().await {
+            Some(answer) => answer,
+            None => anyhow::bail!("the Pusher API publisher stopped"),
+        }
+    }
+}
+
+/// One HTTP request on a connection of its own; Ok on a 200.
+async fn post_once(server: SocketAddr, local: IpAddr, request: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(local, 0))?;
+    let mut stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(request.as_bytes()).await?;
+    // The server closes after its answer: read to the end.
+    let mut answer = Vec::with_capacity(512);
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the Pusher API within 30 s"))??;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).unwrap_or_default();
+    anyhow::ensure!(
+        status == "200",
+        "the Pusher API answered: {}",
+        text.lines().next().unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Publish `count` messages into `room` at `rate` per second, open loop
 /// (each at its scheduled time, whatever the server does), starting with
 /// sequence `first_k`. `t` in each body is the scheduled time, so lag includes
 /// any time the publisher itself fell behind (coordinated omission). Returns
 /// how many were written.
 pub async fn publish(
-    ws: &mut Ws,
+    publisher: &mut Publisher,
     proto: Proto,
     room: &str,
     first_k: u64,
@@ -338,7 +577,7 @@ pub async fn publish(
 ) -> anyhow::Result<u64> {
     let mut next_k = [first_k];
     publish_many(
-        ws,
+        publisher,
         proto,
         &[room.to_owned()],
         &mut next_k,
@@ -360,11 +599,11 @@ pub struct Pace {
 /// (`next_k[i]` is the next `k` of `rooms[i]`, advanced as messages go out).
 /// With `acks`, each send asks for an acknowledgement (chorus: always; its
 /// `ack` means committed; Socket.IO: an ack id, answered after the
-/// broadcast), and the time from each message's scheduled send to its ack
-/// goes into `acks` (microseconds); the publisher waits up to 10 s for the
-/// last ones.
+/// broadcast; Pusher: the API's answer, after the broadcast), and the time
+/// from each message's scheduled send to its ack goes into `acks`
+/// (microseconds); the publisher waits up to 10 s for the last ones.
 pub async fn publish_many(
-    ws: &mut Ws,
+    publisher: &mut Publisher,
     proto: Proto,
     rooms: &[String],
     next_k: &mut [u64],
@@ -381,17 +620,10 @@ pub async fn publish_many(
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let step_us = interval.as_micros() as u64;
     let mut acked = 0u64;
-    // The message index an ack frame acknowledges.
-    let ack_of = |t: &str| match proto {
-        Proto::Chorus if t.starts_with(r#"{"op":"ack""#) => field(t, r#""id":"#),
-        Proto::SocketIo if t.starts_with("43") => {
-            t[2..].split('[').next().and_then(|n| n.parse::<u64>().ok())
-        }
-        _ => None,
-    };
-    let book = |t: &str, acks: &mut Option<&mut Histogram<u64>>| -> bool {
-        match (ack_of(t), acks.as_deref_mut()) {
-            (Some(id), Some(h)) => {
+    // Books an ack's time; true if it was one.
+    let book = |heard: Heard, acks: &mut Option<&mut Histogram<u64>>| -> bool {
+        match (heard, acks.as_deref_mut()) {
+            (Heard::Ack(id), Some(h)) => {
                 let _ = h.record(now_us().saturating_sub(start_us + step_us * id).max(1));
                 true
             }
@@ -405,47 +637,22 @@ pub async fn publish_many(
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(due) => break,
-                m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => {
-                        if !heartbeat(ws, proto, &t).await? && book(&t, &mut acks) {
-                            acked += 1;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => anyhow::bail!("publisher connection closed"),
-                },
+                heard = publisher.hear(proto) => acked += u64::from(book(heard?, &mut acks)),
             }
         }
         let r = i as usize % rooms.len();
         let (room, k) = (&rooms[r], next_k[r]);
         next_k[r] += 1;
         let t = start_us + step_us * i;
-        let frame = match (proto, acks.is_some()) {
-            (Proto::Chorus, _) => format!(
-                r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{}}}"#,
-                body(k, t, size)
-            ),
-            (Proto::SocketIo, false) => format!(
-                r#"42["send",{{"room":"{room}","data":{}}}]"#,
-                body(k, t, size)
-            ),
-            (Proto::SocketIo, true) => format!(
-                r#"42{i}["send",{{"room":"{room}","data":{}}}]"#,
-                body(k, t, size)
-            ),
-        };
-        ws.send(Message::text(frame)).await?;
+        publisher
+            .send(proto, (i, room, k, t), size, acks.is_some())
+            .await?;
     }
     if acks.is_some() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while acked < count {
-            match tokio::time::timeout_at(deadline, ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if !heartbeat(ws, proto, &t).await? && book(&t, &mut acks) {
-                        acked += 1;
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
+            match tokio::time::timeout_at(deadline, publisher.hear(proto)).await {
+                Ok(Ok(heard)) => acked += u64::from(book(heard, &mut acks)),
                 _ => break,
             }
         }
@@ -535,6 +742,27 @@ pub fn cpu_secs(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     (tick(11) + tick(12)) / 100.0
+}
+
+/// The load generator's own CPU over an interval: whether it, not the
+/// server, is the limit (a share near 1 is its whole core).
+pub struct Busy {
+    cpu: f64,
+    at: std::time::Instant,
+}
+
+impl Busy {
+    pub fn start() -> Self {
+        Busy {
+            cpu: cpu_secs(std::process::id()),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// CPU seconds used per second since [`Busy::start`].
+    pub fn share(&self) -> f64 {
+        (cpu_secs(std::process::id()) - self.cpu) / self.at.elapsed().as_secs_f64().max(0.001)
+    }
 }
 
 /// Pin every thread of `pid` to `cpus` (e.g. "0"), if `taskset` exists.

@@ -152,6 +152,7 @@ pub(crate) async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_jso
     // Everyone drops at once (the sockets close without a WebSocket close).
     drop(sockets);
     let cpu0 = load::cpu_secs(server.pid);
+    let load0 = load::Busy::start();
     let started = std::time::Instant::now();
     let back: Vec<anyhow::Result<()>> =
         futures_util::stream::iter(resumes.iter().enumerate().map(|(i, resume)| async move {
@@ -170,7 +171,7 @@ pub(crate) async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_jso
                     .await?;
                     drop(ws);
                 }
-                Proto::SocketIo => {
+                Proto::SocketIo | Proto::Pusher => {
                     let mut ws = load::connect(proto, addr, local, &token(i)).await?;
                     load::join(&mut ws, proto, &room(i)).await?;
                     drop(ws);
@@ -183,6 +184,7 @@ pub(crate) async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_jso
         .await;
     let secs = started.elapsed().as_secs_f64();
     let cpu = load::cpu_secs(server.pid) - cpu0;
+    let busy = load0.share();
     let failed = back.iter().filter(|r| r.is_err()).count();
     if let Some(Err(e)) = back.iter().find(|r| r.is_err()) {
         println!(
@@ -192,14 +194,15 @@ pub(crate) async fn storm(server: &Server, n: usize) -> anyhow::Result<serde_jso
     }
     let per_cpu = (n - failed) as f64 / cpu.max(0.001);
     println!(
-        "  {:<13} storm {n}: all back in {secs:.2} s ({:.0} per s), {per_cpu:.0} reconnects per server CPU-s, {failed} failed",
+        "  {:<13} storm {n}: all back in {secs:.2} s ({:.0} per s), {per_cpu:.0} reconnects per server CPU-s, {failed} failed; load generator {:.0} % of its core",
         server.name,
-        (n - failed) as f64 / secs
+        (n - failed) as f64 / secs,
+        busy * 100.0,
     );
     anyhow::ensure!(failed * 100 <= n, "{failed} of {n} reconnects failed");
     Ok(json!({
         "clients": n, "all_back_secs": secs, "reconnects_per_sec": (n - failed) as f64 / secs,
-        "reconnects_per_cpu_sec": per_cpu, "failed": failed,
+        "reconnects_per_cpu_sec": per_cpu, "failed": failed, "load_busy": busy,
     }))
 }
 
@@ -220,21 +223,14 @@ pub(crate) async fn joins(server: &Server, n: usize) -> anyhow::Result<serde_jso
     let frames = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop) = watch::channel(false);
-    let join = match proto {
-        Proto::Chorus => r#"{"op":"join","id":1,"room":"joins"}"#,
-        Proto::SocketIo => r#"420["join","joins"]"#,
-    };
-    let joined = |t: &str| match proto {
-        Proto::Chorus => t.starts_with(r#"{"op":"joined""#),
-        Proto::SocketIo => t.starts_with("430"),
-    };
+    let join = load::join_frame(proto, "joins");
     let cpu0 = load::cpu_secs(server.pid);
     let started = std::time::Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let token = chorus_tests::token(&format!("j{i}"), 86_400, None, None);
         let mut ws = load::connect(proto, addr, load::source(i), &token).await?;
-        ws.send(Message::text(join)).await?;
+        ws.send(Message::text(join.as_str())).await?;
         // The joiner's own frames up to its join reply count too.
         loop {
             let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
@@ -247,7 +243,7 @@ pub(crate) async fn joins(server: &Server, n: usize) -> anyhow::Result<serde_jso
                 }
                 frames.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
-                if joined(&t) {
+                if load::is_joined(proto, &t) {
                     break;
                 }
             }

@@ -1,6 +1,6 @@
 //! Starting the contenders: a chorus node or a 2-node chorus cluster (its own
 //! Redis and PostgreSQL), the floor (`chorus-floor`, beside this binary), or a
-//! Socket.IO or socketioxide peer process; each server pinned to CPU 0.
+//! Socket.IO, socketioxide or Sockudo peer process; each server pinned to CPU 0.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -109,6 +109,7 @@ pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
             cmd.args(["--port", "0", "--redis", &redis.url()]);
             start_peer("socketioxide", Proto::SocketIo, cmd)?
         }
+        "sockudo" => start_sockudo(redis)?,
         "floor" => {
             // Built beside this binary (tests/bench/run builds both).
             let bin = std::env::current_exe()?.with_file_name("chorus-floor");
@@ -120,6 +121,80 @@ pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
     };
     load::pin(server.pid, "0");
     Ok(server)
+}
+
+/// A Sockudo process with its Redis adapter on `redis`: the committed
+/// config (tests/bench/peers/sockudo/config.json) on a free port, started in
+/// a directory of its own (Sockudo also reads `config/config.*` from its
+/// working directory) with the environment variables that would override
+/// the file removed; ready when `GET /ready` answers 200.
+fn start_sockudo(redis: &RedisServer) -> anyhow::Result<Server> {
+    let peer = root().join("tests/bench/peers/sockudo");
+    let bin = peer.join("bin/sockudo");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: run tests/bench/peers/setup",
+        bin.display()
+    );
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peer.join("config.json"))?)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    config["port"] = port.into();
+    config["adapter"]["redis"]["redis_pub_options"]["url"] = redis.url().into();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("sockudo.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&config)?)?;
+    let log = std::fs::File::create(dir.path().join("sockudo.log"))?;
+    let mut cmd = on_cpu0(bin);
+    cmd.arg("--config")
+        .arg(&file)
+        .current_dir(dir.path())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for var in ["HOST", "PORT", "REDIS_URL", "ADAPTER_DRIVER", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "warn");
+    let child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting sockudo: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let pid = child.id();
+    let peer = Peer(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready(addr) {
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("sockudo.log")).unwrap_or_default();
+            anyhow::bail!("sockudo not ready on {addr} within 30 s; its log:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(Server {
+        name: "sockudo",
+        proto: Proto::Pusher,
+        addr,
+        pid,
+        guard: Box::new((peer, dir)),
+    })
+}
+
+/// Whether an HTTP server on `addr` answers `GET /ready` with 200.
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
 }
 
 /// Two instances of a contender sharing one Redis: chorus as a 2-node cluster

@@ -1,8 +1,9 @@
 //! `chorus-load`: the side-by-side benchmark. Drives chorus, the floor
 //! (`chorus-floor`: the machine's limit for the workload, no product
-//! features), Socket.IO (with `@socket.io/redis-adapter`) and socketioxide
-//! (with socketioxide-redis) with the same workload from one lean Rust client
-//! fleet, back to back, and prints one table with ratios; `--json FILE` also
+//! features), Socket.IO (with `@socket.io/redis-adapter`), socketioxide
+//! (with socketioxide-redis) and Sockudo (Pusher protocol, its Redis adapter;
+//! published to through its signed HTTP API, as a Pusher backend does) with
+//! the same workload from one lean Rust client fleet, back to back, and prints one table with ratios; `--json FILE` also
 //! writes the figures. The floor is one process also where the others run
 //! two instances (nothing to cross between them).
 //!
@@ -41,7 +42,7 @@
 //! The server is pinned to CPU 0 and the load generator to CPU 1 (taskset).
 //!
 //! Layout: `contenders` starts the servers (chorus nodes and clusters, the
-//! floor, the Socket.IO and socketioxide peers, pinned to CPU 0); `connections` the
+//! floor, the Socket.IO, socketioxide and Sockudo peers, pinned to CPU 0); `connections` the
 //! scenarios about connections (idle, storm) and opening receivers;
 //! `traffic` the scenarios that move messages (rooms, latency, durable,
 //! fan-out); `ceiling` PostgreSQL's ceiling beside the durable scenario; `table` the closing table; this file: the command line and the
@@ -71,14 +72,15 @@ use traffic::{durable, fanout, small_rooms};
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "chorus-load",
-    about = "Side-by-side benchmark of chorus, the floor, Socket.IO and socketioxide"
+    about = "Side-by-side benchmark of chorus, the floor, Socket.IO, socketioxide and Sockudo"
 )]
 struct Args {
     /// Small sizes and short steps: checks that the suite runs (CI).
     #[arg(long)]
     quick: bool,
-    /// Contenders to run (comma separated): chorus, floor, socketio, socketioxide.
-    #[arg(long, default_value = "chorus,floor,socketio,socketioxide")]
+    /// Contenders to run (comma separated): chorus, floor, socketio,
+    /// socketioxide, sockudo.
+    #[arg(long, default_value = "chorus,floor,socketio,socketioxide,sockudo")]
     only: String,
     /// Scenarios to run (comma separated): idle, fanout, storm, rooms,
     /// latency, durable, joins.

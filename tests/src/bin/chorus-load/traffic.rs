@@ -61,12 +61,8 @@ pub(crate) async fn small_rooms(
             .map(|r| format!("small-{r}"))
             .collect();
         let token = chorus_tests::token(&format!("pub{p}"), 86_400, None, None);
-        let mut ws = load::connect(proto, addr, load::source(n + 1 + p), &token).await?;
-        if proto == Proto::Chorus {
-            for room in &names {
-                load::join(&mut ws, proto, room).await?;
-            }
-        }
+        let mut ws =
+            load::Publisher::open(proto, addr, load::source(n + 1 + p), &token, &names).await?;
         let mut next_k = vec![0u64; names.len()];
         let mut warm = load::new_histogram();
         let pace = load::Pace {
@@ -87,6 +83,7 @@ pub(crate) async fn small_rooms(
         .await;
     let (before, _) = stats.take();
     let cpu0: f64 = servers.iter().map(|s| load::cpu_secs(s.pid)).sum();
+    let load0 = load::Busy::start();
     let share = rate / publishers as f64;
     let mut jobs = Vec::new();
     for (mut ws, proto, names, mut next_k) in ready {
@@ -121,6 +118,7 @@ pub(crate) async fn small_rooms(
         .wait_received(before.received, want, Duration::from_secs(10))
         .await;
     let cpu = servers.iter().map(|s| load::cpu_secs(s.pid)).sum::<f64>() - cpu0;
+    let busy = load0.share();
     let (after, lag) = stats.take();
     let _ = stop_tx.send(true);
     let got = after.received - before.received;
@@ -130,20 +128,21 @@ pub(crate) async fn small_rooms(
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let p99 = ms(&lag, 0.99);
     println!(
-        "  {name:<13} {rooms} rooms x {members} over 2 instances, {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, send-to-receive p50 {:.1} / p99 {p99:.1} / p99.9 {:.1} ms, send-to-ack p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms ({} acks), {per_cpu:.0} deliveries/CPU-s",
+        "  {name:<13} {rooms} rooms x {members} over 2 instances, {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, send-to-receive p50 {:.1} / p99 {p99:.1} / p99.9 {:.1} ms, send-to-ack p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms ({} acks), {per_cpu:.0} deliveries/CPU-s; load generator {:.0} % of its core",
         ms(&lag, 0.5),
         ms(&lag, 0.999),
         ms(&acks, 0.5),
         ms(&acks, 0.99),
         ms(&acks, 0.999),
         acks.len(),
+        busy * 100.0,
     );
     Ok(json!({
         "rooms": rooms, "members": members, "rate": rate, "delivered": got, "expected": want,
         "lost": lost, "out_of_order": behind, "cpu_secs": cpu, "deliveries_per_cpu_sec": per_cpu,
         "receive_ms": {"p50": ms(&lag, 0.5), "p99": p99, "p999": ms(&lag, 0.999)},
         "ack_ms": {"p50": ms(&acks, 0.5), "p99": ms(&acks, 0.99), "p999": ms(&acks, 0.999)},
-        "acks": acks.len(),
+        "acks": acks.len(), "load_busy": busy,
     }))
 }
 
@@ -234,12 +233,14 @@ pub(crate) async fn fanout(
     )
     .await?;
     let token = chorus_tests::token("publisher", 86_400, None, None);
-    let mut publisher =
-        load::connect(server.proto, server.addr, load::source(members + 1), &token).await?;
-    if server.proto == Proto::Chorus {
-        // chorus only accepts sends into a joined room.
-        load::join(&mut publisher, server.proto, &room).await?;
-    }
+    let mut publisher = load::Publisher::open(
+        server.proto,
+        server.addr,
+        load::source(members + 1),
+        &token,
+        std::slice::from_ref(&room),
+    )
+    .await?;
     let mut steps = Vec::new();
     let mut sustained = 0.0f64;
     let mut best_per_cpu = 0.0f64;
@@ -249,6 +250,7 @@ pub(crate) async fn fanout(
         let count = (rate * step.as_secs_f64()).round().max(1.0) as u64;
         let (before, _) = stats.take();
         let cpu0 = load::cpu_secs(server.pid);
+        let load0 = load::Busy::start();
         if let Err(e) =
             load::publish(&mut publisher, server.proto, &room, k, count, rate, size).await
         {
@@ -266,6 +268,7 @@ pub(crate) async fn fanout(
             .wait_received(before.received, want, Duration::from_secs(5))
             .await;
         let cpu = load::cpu_secs(server.pid) - cpu0;
+        let busy = load0.share();
         let (after, lag) = stats.take();
         let got = after.received - before.received;
         let lost = want.saturating_sub(got);
@@ -283,14 +286,15 @@ pub(crate) async fn fanout(
             best_intact = best_intact.max(per_cpu);
         }
         println!(
-            "  {:<13} fan-out {members} x {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, lag p50 {p50:.1} ms p99 {p99:.1} ms, {per_cpu:.0} deliveries/CPU-s{}",
+            "  {:<13} fan-out {members} x {rate} msg/s: {got}/{want} delivered, {lost} lost, {behind} out of order, lag p50 {p50:.1} ms p99 {p99:.1} ms, {per_cpu:.0} deliveries/CPU-s, load generator {:.0} % of its core{}",
             server.name,
+            busy * 100.0,
             if ok { "" } else { "  (not sustained)" }
         );
         steps.push(json!({
             "rate": rate, "delivered": got, "expected": want, "lost": lost, "out_of_order": behind,
             "lag_p50_ms": p50, "lag_p99_ms": p99, "cpu_secs": cpu, "deliveries_per_cpu_sec": per_cpu,
-            "disconnects": after.disconnects, "sustained": ok,
+            "disconnects": after.disconnects, "sustained": ok, "load_busy": busy,
         }));
         // Past the sustainable rate, step on while every message still
         // arrives in order and the lag stays bounded: the peak of deliveries
