@@ -19,7 +19,8 @@
 //! chorus is from what this machine can do. Not a product: a slow reader's
 //! queue is bounded and it is closed when full, as anything fails loudly.
 //!
-//! Usage: `chorus-floor [--port N]`; prints `listening on 127.0.0.1:PORT`.
+//! Usage: `chorus-floor [--host IP] [--port N]` (default 127.0.0.1, a free
+//! port); prints `listening on IP:PORT`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -104,9 +105,16 @@ struct Rooms {
 
 fn main() -> std::io::Result<()> {
     let mut port = 0u16;
+    let mut host = std::net::IpAddr::from([127, 0, 0, 1]);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--host" => {
+                host = args
+                    .next()
+                    .and_then(|h| h.parse().ok())
+                    .ok_or_else(|| std::io::Error::other("--host needs an IP address"))?;
+            }
             "--port" => {
                 port = args
                     .next()
@@ -114,7 +122,9 @@ fn main() -> std::io::Result<()> {
                     .ok_or_else(|| std::io::Error::other("--port needs a number"))?;
             }
             "--help" | "-h" => {
-                println!("chorus-floor [--port N]: the bench's floor (see the source's header)");
+                println!(
+                    "chorus-floor [--host IP] [--port N]: the bench's floor (see the source's header)"
+                );
                 return Ok(());
             }
             other => return Err(std::io::Error::other(format!("unknown argument {other}"))),
@@ -123,11 +133,11 @@ fn main() -> std::io::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(port))
+        .block_on(serve(host, port))
 }
 
-async fn serve(port: u16) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+async fn serve(host: std::net::IpAddr, port: u16) -> std::io::Result<()> {
+    let listener = TcpListener::bind((host, port)).await?;
     println!("listening on {}", listener.local_addr()?);
     let rooms = Arc::new(Rooms::default());
     loop {

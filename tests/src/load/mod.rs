@@ -464,22 +464,38 @@ const API_IN_FLIGHT: usize = 256;
 /// is a signed `POST /apps/{id}/events` (protocol 7's signature: HMAC-SHA256
 /// of the method, path and sorted query with the body's MD5). Sockudo
 /// answers every API request with `Connection: close`, so each post is a
-/// connection of its own, opened from 127.0.0.10-17 (the receivers use .2-.9)
-/// and posted without waiting for earlier answers (at most
-/// [`API_IN_FLIGHT`] at once), so the publisher stays open loop; a 200 is
-/// the event's acknowledgement (Sockudo answers once it has queued the event
-/// to its local sockets and published it to Redis).
+/// connection of its own, opened from 127.0.0.10-17 (the receivers use
+/// .2-.9). Posts to one channel go one after another (the API orders
+/// nothing between concurrent requests: a backend that wants its channel's
+/// order waits for each answer), posts to different channels at once (at
+/// most [`API_IN_FLIGHT`] queued or in flight in all); the publisher never
+/// waits for an answer, so it stays open loop. A 200 is the event's
+/// acknowledgement (Sockudo answers once it has queued the event to its
+/// local sockets and published it to Redis).
 pub struct PusherApi {
     server: SocketAddr,
     posted: u64,
+    /// Per channel, the queue of its poster (a task that posts its
+    /// channel's events one after another; it ends with this).
+    channels: std::collections::HashMap<String, tokio::sync::mpsc::Sender<Post>>,
+    /// [`API_IN_FLIGHT`] permits: a post holds one until its answer is taken
+    /// off `answers`, so the channel always has room for every answer.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
-    answers_tx: tokio::sync::mpsc::Sender<anyhow::Result<u64>>,
-    answers: tokio::sync::mpsc::Receiver<anyhow::Result<u64>>,
+    answers_tx: tokio::sync::mpsc::Sender<Answer>,
+    answers: tokio::sync::mpsc::Receiver<Answer>,
+    /// Answers taken off the channel by a post waiting for a permit, not yet
+    /// heard: at most one per post made meanwhile.
+    taken: std::collections::VecDeque<anyhow::Result<u64>>,
 }
+
+/// An event's answer (its index, or why it failed) and the permit its post held.
+type Answer = (anyhow::Result<u64>, tokio::sync::OwnedSemaphorePermit);
+
+/// An event to post: its index, the source address, the request, its permit.
+type Post = (u64, IpAddr, String, tokio::sync::OwnedSemaphorePermit);
 
 impl PusherApi {
     fn new(server: SocketAddr) -> Self {
-        // Room for every answer in flight: a post never waits to answer.
         let (answers_tx, answers) = tokio::sync::mpsc::channel(API_IN_FLIGHT);
         PusherApi {
             server,
@@ -487,6 +503,8 @@ impl PusherApi {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(API_IN_FLIGHT)),
             answers_tx,
             answers,
+            taken: Default::default(),
+            channels: Default::default(),
         }
     }
 
@@ -516,23 +534,51 @@ impl PusherApi {
     /// [`PusherApi::response`].
     async fn post(&mut self, i: u64, channel: &str, data: &str) -> anyhow::Result<()> {
         let request = self.request(channel, data, now_us() / 1_000_000);
-        let slot = self.slots.clone().acquire_owned().await?;
+        // All permits out: wait for an answer (a publisher behind its
+        // schedule hears nothing between posts) and keep it for `response`.
+        let slot = loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                break slot;
+            }
+            match self.answers.recv().await {
+                Some((answer, _slot)) => self.taken.push_back(answer),
+                None => anyhow::bail!("the Pusher API publisher stopped"),
+            }
+        };
         let local = IpAddr::from([127, 0, 0, 10 + (self.posted % 8) as u8]);
         self.posted += 1;
-        let (server, answers) = (self.server, self.answers_tx.clone());
-        tokio::spawn(async move {
-            let answer = post_once(server, local, &request).await.map(|()| i);
-            let _ = answers.send(answer).await;
-            drop(slot);
-        });
-        Ok(())
+        let poster = match self.channels.get(channel) {
+            Some(poster) => poster.clone(),
+            None => {
+                // Room for every permit: sending to it never waits.
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Post>(API_IN_FLIGHT);
+                let (server, answers) = (self.server, self.answers_tx.clone());
+                tokio::spawn(async move {
+                    while let Some((i, local, request, slot)) = rx.recv().await {
+                        let answer = post_once(server, local, &request).await.map(|()| i);
+                        if answers.send((answer, slot)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                self.channels.insert(channel.to_owned(), tx.clone());
+                tx
+            }
+        };
+        poster
+            .send((i, local, request, slot))
+            .await
+            .map_err(|_| anyhow::anyhow!("the poster of {channel} stopped"))
     }
 
     /// The index of the next event answered with 200, in the order answers
     /// come (cancel-safe).
     async fn response(&mut self) -> anyhow::Result<u64> {
+        if let Some(answer) = self.taken.pop_front() {
+            return answer;
+        }
         match self.answers.recv().await {
-            Some(answer) => answer,
+            Some((answer, _slot)) => answer,
             None => anyhow::bail!("the Pusher API publisher stopped"),
         }
     }
@@ -543,12 +589,16 @@ async fn post_once(server: SocketAddr, local: IpAddr, request: &str) -> anyhow::
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(local, 0))?;
-    let mut stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(request.as_bytes()).await?;
-    // The server closes after its answer: read to the end.
-    let mut answer = Vec::with_capacity(512);
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+    let exchange = async {
+        let mut stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(request.as_bytes()).await?;
+        // The server closes after its answer: read to the end.
+        let mut answer = Vec::with_capacity(512);
+        stream.read_to_end(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .map_err(|_| anyhow::anyhow!("no answer from the Pusher API within 30 s"))??;
     let text = String::from_utf8_lossy(&answer);
@@ -774,10 +824,34 @@ pub fn pin(pid: u32, cpus: &str) {
         .status();
 }
 
+/// The bench's network namespace (tests/bench/netns): the server runs in it
+/// and listens on [`NETNS_SERVER_IP`]; the load generator stays outside and
+/// connects from 10.77.0.11-18.
+pub const NETNS: &str = "chorus-bench-srv";
+/// The server's address in [`NETNS`].
+pub const NETNS_SERVER_IP: &str = "10.77.0.2";
+
+static IN_NETNS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Run the servers in [`NETNS`] from now on (`chorus-load --netns`).
+pub fn use_netns() {
+    IN_NETNS.store(true, Ordering::Relaxed);
+}
+
+/// Whether the servers run in [`NETNS`].
+pub fn in_netns() -> bool {
+    IN_NETNS.load(Ordering::Relaxed)
+}
+
 /// Source address number `i` of 127.0.0.2..=127.0.0.9 (about 28k ephemeral
-/// ports each).
+/// ports each), or with [`in_netns`] of 10.77.0.11..=10.77.0.18.
 pub fn source(i: usize) -> IpAddr {
-    IpAddr::from([127, 0, 0, 2 + (i / 20_000 % 8) as u8])
+    let n = (i / 20_000 % 8) as u8;
+    if in_netns() {
+        IpAddr::from([10, 77, 0, 11 + n])
+    } else {
+        IpAddr::from([127, 0, 0, 2 + n])
+    }
 }
 
 #[cfg(test)]

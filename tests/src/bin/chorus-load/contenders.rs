@@ -66,6 +66,13 @@ fn start_peer(name: &'static str, proto: Proto, mut cmd: Command) -> anyhow::Res
 /// stays the server's), so a runtime that sizes its thread pool by the CPUs it
 /// may use starts with one worker. `tests/bench/run` does the same for chorus.
 fn on_cpu0(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if load::in_netns() {
+        // `ip netns exec` execs too: the PID is still the server's.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", load::NETNS, "taskset", "-c", "0"])
+            .arg(program);
+        return cmd;
+    }
     if Command::new("taskset")
         .arg("-V")
         .stdout(Stdio::null())
@@ -83,17 +90,28 @@ fn on_cpu0(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Start a contender by name.
 pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
+    if load::in_netns() && !matches!(name, "chorus" | "floor") {
+        anyhow::bail!("not with --netns: the peers' Redis is outside the namespace");
+    }
     let server = match name {
         "chorus" => {
             let mut flags: Vec<&str> = UNLIMITED.to_vec();
             flags.extend(["--max-connections-per-user", "100000"]);
-            let node = GatewayProcess::start(&flags);
+            let (node, dir) = if load::in_netns() {
+                // tests/bench/run wraps CHORUS_BIN in `ip netns exec`.
+                let dir = tempfile::tempdir()?;
+                let listen = format!("{}:0", load::NETNS_SERVER_IP);
+                let node = GatewayProcess::start_in(dir.path(), &flags, Some(&listen));
+                (node, Some(dir))
+            } else {
+                (GatewayProcess::start(&flags), None)
+            };
             Server {
                 name: "chorus",
                 proto: Proto::Chorus,
                 addr: node.addr.parse()?,
                 pid: node.pid(),
-                guard: Box::new(node),
+                guard: Box::new((node, dir)),
             }
         }
         "socketio" => {
@@ -115,6 +133,9 @@ pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
             let bin = std::env::current_exe()?.with_file_name("chorus-floor");
             let mut cmd = on_cpu0(bin);
             cmd.args(["--port", "0"]);
+            if load::in_netns() {
+                cmd.args(["--host", load::NETNS_SERVER_IP]);
+            }
             start_peer("floor", Proto::Chorus, cmd)?
         }
         other => anyhow::bail!("unknown contender {other}"),
@@ -217,6 +238,10 @@ pub(crate) fn start_pair_with(
     if name != "chorus" {
         return Ok(vec![start(name, redis)?, start(name, redis)?]);
     }
+    anyhow::ensure!(
+        !load::in_netns(),
+        "not with --netns: the cluster's Redis and PostgreSQL are outside the namespace"
+    );
     let mut flags: Vec<&str> = UNLIMITED.to_vec();
     flags.extend(["--max-connections-per-user", "100000"]);
     flags.extend(extra);

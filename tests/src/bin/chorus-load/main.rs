@@ -116,6 +116,12 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run the servers in the bench's network namespace (tests/bench/netns;
+    /// `tests/bench/run --netns` sets it up): each side's TCP input on its
+    /// own core, as over a real network. One-server scenarios of chorus and
+    /// the floor only (the others need Redis or PostgreSQL outside it).
+    #[arg(long)]
+    netns: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -135,6 +141,9 @@ async fn main() -> anyhow::Result<()> {
         args.rates = "50,200".into();
         args.step_secs = args.step_secs.min(2);
     }
+    if args.netns {
+        load::use_netns();
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -146,8 +155,13 @@ async fn main() -> anyhow::Result<()> {
     let join_sizes: Vec<usize> = list(&args.joins);
     let rates: Vec<f64> = list(&args.rates);
     println!(
-        "chorus-load: {cores} cores ({}), server pinned to CPU 0, load on CPU 1; contenders {contenders:?}, scenarios {scenarios:?}",
+        "chorus-load: {cores} cores ({}), server pinned to CPU 0, load on CPU 1, {}; contenders {contenders:?}, scenarios {scenarios:?}",
         std::env::consts::ARCH,
+        if args.netns {
+            "server in its network namespace over veth (RPS: each side's input on its own CPU)"
+        } else {
+            "loopback"
+        },
     );
     let redis = RedisServer::start();
     let mut out = serde_json::Map::new();
