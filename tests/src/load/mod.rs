@@ -510,21 +510,12 @@ impl PusherApi {
 
     /// The request that publishes `data` as event `msg` to `channel`.
     fn request(&self, channel: &str, data: &str, timestamp: u64) -> String {
-        use hmac::{KeyInit, Mac};
-        use md5::Digest;
         let event = serde_json::json!({"name": "msg", "channels": [channel], "data": data});
         let body = event.to_string();
         let path = format!("/apps/{PUSHER_APP_ID}/events");
-        let query = format!(
-            "auth_key={PUSHER_KEY}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
-            hex::encode(md5::Md5::digest(body.as_bytes()))
-        );
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PUSHER_SECRET.as_bytes())
-            .expect("HMAC takes a key of any length");
-        mac.update(format!("POST\n{path}\n{query}").as_bytes());
-        let signature = hex::encode(mac.finalize().into_bytes());
+        let query = signed_query(PUSHER_KEY, PUSHER_SECRET, &path, &body, timestamp);
         format!(
-            "POST {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path}?{query} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.server,
             body.len()
         )
@@ -582,6 +573,25 @@ impl PusherApi {
             None => anyhow::bail!("the Pusher API publisher stopped"),
         }
     }
+}
+
+/// The query of a signed Pusher API `POST` of `body` to `path`: the auth
+/// parameters in sorted order, then `auth_signature`, the hex HMAC-SHA256
+/// (keyed with the secret) of `POST\n{path}\n{the sorted parameters}`.
+fn signed_query(key: &str, secret: &str, path: &str, body: &str, timestamp: u64) -> String {
+    use hmac::{KeyInit, Mac};
+    use md5::Digest;
+    let query = format!(
+        "auth_key={key}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
+        hex::encode(md5::Md5::digest(body.as_bytes()))
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("POST\n{path}\n{query}").as_bytes());
+    format!(
+        "{query}&auth_signature={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// One HTTP request on a connection of its own; Ok on a 200.
@@ -870,6 +880,33 @@ mod tests {
         let sio = format!(r#"42["msg",{b}]"#);
         assert_eq!(field(&sio, r#""k":"#), Some(17));
         assert_eq!(field("nothing", r#""k":"#), None);
+    }
+
+    #[test]
+    fn pusher_requests_are_signed_as_the_pusher_docs_sign_them() {
+        // The worked example of Pusher's HTTP API reference (authentication).
+        let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let query = signed_query(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "/apps/3/events",
+            body,
+            1353088179,
+        );
+        assert_eq!(
+            query,
+            "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+             &body_md5=ec365a775a4cd0599faeb73354201b6f\
+             &auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
+    }
+
+    #[test]
+    fn pusher_bodies_are_read_from_the_escaped_string() {
+        let b = body(17, 1234567, 100);
+        let frame = serde_json::json!({"event": "msg", "channel": "r", "data": b}).to_string();
+        assert_eq!(field(&frame, r#"\"k\":"#), Some(17));
+        assert_eq!(field(&frame, r#"\"t\":"#), Some(1234567));
     }
 
     #[test]

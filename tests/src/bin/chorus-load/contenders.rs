@@ -97,21 +97,36 @@ pub(crate) fn start(name: &str, redis: &RedisServer) -> anyhow::Result<Server> {
         "chorus" => {
             let mut flags: Vec<&str> = UNLIMITED.to_vec();
             flags.extend(["--max-connections-per-user", "100000"]);
-            let (node, dir) = if load::in_netns() {
-                // tests/bench/run wraps CHORUS_BIN in `ip netns exec`.
-                let dir = tempfile::tempdir()?;
+            let node = if load::in_netns() {
+                // tests/bench/run wraps CHORUS_BIN in `ip netns exec`. Not on
+                // loopback, chorus refuses the harness's development login
+                // (the load generator's clients carry JWTs anyway), and its
+                // per-IP limits exempt the load generator's addresses as they
+                // exempt loopback (where a load balancer would sit).
                 let listen = format!("{}:0", load::NETNS_SERVER_IP);
-                let node = GatewayProcess::start_in(dir.path(), &flags, Some(&listen));
-                (node, Some(dir))
+                let mut args = vec![
+                    "--listen",
+                    &listen,
+                    "--per-ip-exempt",
+                    "10.77.0.0/24",
+                    "--jwt-secret",
+                    chorus_tests::JWT_SECRET,
+                    "--api-key",
+                    chorus_tests::API_KEY,
+                    "--resume-secret",
+                    "bench-resume-secret",
+                ];
+                args.extend(&flags);
+                GatewayProcess::start_args(&args)
             } else {
-                (GatewayProcess::start(&flags), None)
+                GatewayProcess::start(&flags)
             };
             Server {
                 name: "chorus",
                 proto: Proto::Chorus,
                 addr: node.addr.parse()?,
                 pid: node.pid(),
-                guard: Box::new((node, dir)),
+                guard: Box::new(node),
             }
         }
         "socketio" => {
