@@ -189,23 +189,26 @@ async fn expect(ws: &mut Ws, proto: Proto, want: impl Fn(&str) -> bool) -> anyho
         .map_err(|_| anyhow::anyhow!("no answer within 30 s"))?
 }
 
+/// The answer to `t` if it is a server heartbeat.
+fn heartbeat_answer(proto: Proto, t: &str) -> Option<&'static str> {
+    match proto {
+        Proto::Chorus if t.starts_with(r#"{"op":"ping""#) => Some(r#"{"op":"pong"}"#),
+        Proto::SocketIo if t == "2" => Some("3"),
+        Proto::Pusher if t.contains(r#""event":"pusher:ping""#) => {
+            Some(r#"{"event":"pusher:pong","data":{}}"#)
+        }
+        _ => None,
+    }
+}
+
 /// Answer a server heartbeat; true if `t` was one.
 pub async fn heartbeat(ws: &mut Ws, proto: Proto, t: &str) -> anyhow::Result<bool> {
-    match proto {
-        Proto::Chorus if t.starts_with(r#"{"op":"ping""#) => {
-            ws.send(Message::text(r#"{"op":"pong"}"#)).await?;
+    match heartbeat_answer(proto, t) {
+        Some(answer) => {
+            ws.send(Message::text(answer)).await?;
             Ok(true)
         }
-        Proto::SocketIo if t == "2" => {
-            ws.send(Message::text("3")).await?;
-            Ok(true)
-        }
-        Proto::Pusher if t.contains(r#""event":"pusher:ping""#) => {
-            ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
-                .await?;
-            Ok(true)
-        }
-        _ => Ok(false),
+        None => Ok(false),
     }
 }
 
@@ -375,7 +378,13 @@ pub enum Publisher {
 enum Heard {
     /// The acknowledgement of the message with this index.
     Ack(u64),
-    /// Anything else (a heartbeat answered, a frame of no interest).
+    /// A server heartbeat: this answer is to be sent (by the caller, outside
+    /// any select that could drop the send half done).
+    Heartbeat(&'static str),
+    /// A post the Pusher API refused or did not answer: its message is not
+    /// published (the receivers count it lost), the run goes on.
+    Failed,
+    /// A frame of no interest.
     Other,
 }
 
@@ -400,6 +409,26 @@ impl Publisher {
             }
         }
         Ok(Publisher::Ws(Box::new(ws)))
+    }
+
+    /// Book what [`Publisher::hear`] returned: answer a heartbeat, count a
+    /// failed post; the index of an ack.
+    async fn handle(&mut self, heard: Heard) -> anyhow::Result<Option<u64>> {
+        match (heard, self) {
+            (Heard::Ack(id), _) => return Ok(Some(id)),
+            (Heard::Heartbeat(answer), Publisher::Ws(ws)) => ws.send(Message::text(answer)).await?,
+            (Heard::Failed, Publisher::Api(api)) => api.failed += 1,
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// Posts the Pusher API refused or did not answer (0 for a WebSocket).
+    pub fn failed(&self) -> u64 {
+        match self {
+            Publisher::Api(api) => api.failed,
+            Publisher::Ws(_) => 0,
+        }
     }
 
     /// Send message `i` (sequence `k` of `room`, scheduled at `t`).
@@ -432,10 +461,11 @@ impl Publisher {
         Ok(())
     }
 
-    /// The next thing the server said (cancel-safe: a select may drop it).
+    /// The next thing the server said (cancel-safe: it only reads, so a
+    /// select may drop it; a heartbeat's answer is the caller's to send).
     async fn hear(&mut self, proto: Proto) -> anyhow::Result<Heard> {
         let ws = match self {
-            Publisher::Api(api) => return Ok(Heard::Ack(api.response().await?)),
+            Publisher::Api(api) => return api.response().await,
             Publisher::Ws(ws) => ws,
         };
         let t = match ws.next().await {
@@ -443,8 +473,8 @@ impl Publisher {
             Some(Ok(_)) => return Ok(Heard::Other),
             _ => anyhow::bail!("publisher connection closed"),
         };
-        if heartbeat(ws, proto, &t).await? {
-            return Ok(Heard::Other);
+        if let Some(answer) = heartbeat_answer(proto, &t) {
+            return Ok(Heard::Heartbeat(answer));
         }
         let id = match proto {
             Proto::SocketIo if t.starts_with("43") => {
@@ -468,8 +498,9 @@ const API_IN_FLIGHT: usize = 256;
 /// .2-.9). Posts to one channel go one after another (the API orders
 /// nothing between concurrent requests: a backend that wants its channel's
 /// order waits for each answer), posts to different channels at once (at
-/// most [`API_IN_FLIGHT`] queued or in flight in all); the publisher never
-/// waits for an answer, so it stays open loop. A 200 is the event's
+/// most [`API_IN_FLIGHT`] queued or in flight in all). The publisher waits
+/// for an answer only when that many are out; lag counts from each
+/// message's scheduled time either way. A 200 is the event's
 /// acknowledgement (Sockudo answers once it has queued the event to its
 /// local sockets and published it to Redis).
 pub struct PusherApi {
@@ -486,6 +517,8 @@ pub struct PusherApi {
     /// Answers taken off the channel by a post waiting for a permit, not yet
     /// heard: at most one per post made meanwhile.
     taken: std::collections::VecDeque<anyhow::Result<u64>>,
+    /// Posts refused or not answered (their messages were not published).
+    failed: u64,
 }
 
 /// An event's answer (its index, or why it failed) and the permit its post held.
@@ -505,6 +538,7 @@ impl PusherApi {
             answers,
             taken: Default::default(),
             channels: Default::default(),
+            failed: 0,
         }
     }
 
@@ -515,7 +549,7 @@ impl PusherApi {
         let path = format!("/apps/{PUSHER_APP_ID}/events");
         let query = signed_query(PUSHER_KEY, PUSHER_SECRET, &path, &body, timestamp);
         format!(
-            "POST {path}?{query} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path}?{query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.server,
             body.len()
         )
@@ -562,16 +596,17 @@ impl PusherApi {
             .map_err(|_| anyhow::anyhow!("the poster of {channel} stopped"))
     }
 
-    /// The index of the next event answered with 200, in the order answers
-    /// come (cancel-safe).
-    async fn response(&mut self) -> anyhow::Result<u64> {
-        if let Some(answer) = self.taken.pop_front() {
-            return answer;
-        }
-        match self.answers.recv().await {
-            Some((answer, _slot)) => answer,
-            None => anyhow::bail!("the Pusher API publisher stopped"),
-        }
+    /// The next answer, in the order answers come: the index of an event
+    /// answered with 200, or a failed post (cancel-safe).
+    async fn response(&mut self) -> anyhow::Result<Heard> {
+        let answer = match self.taken.pop_front() {
+            Some(answer) => answer,
+            None => match self.answers.recv().await {
+                Some((answer, _slot)) => answer,
+                None => anyhow::bail!("the Pusher API publisher stopped"),
+            },
+        };
+        Ok(answer.map_or(Heard::Failed, Heard::Ack))
     }
 }
 
@@ -681,24 +716,27 @@ pub async fn publish_many(
     let step_us = interval.as_micros() as u64;
     let mut acked = 0u64;
     // Books an ack's time; true if it was one.
-    let book = |heard: Heard, acks: &mut Option<&mut Histogram<u64>>| -> bool {
-        match (heard, acks.as_deref_mut()) {
-            (Heard::Ack(id), Some(h)) => {
+    let book = |id: Option<u64>, acks: &mut Option<&mut Histogram<u64>>| -> bool {
+        match (id, acks.as_deref_mut()) {
+            (Some(id), Some(h)) => {
                 let _ = h.record(now_us().saturating_sub(start_us + step_us * id).max(1));
                 true
             }
             _ => false,
         }
     };
+    let failed_before = publisher.failed();
     for i in 0..count {
         let due = start + interval.mul_f64(i as f64);
         // Drain what the server sent meanwhile (acks, pings) without waiting.
         loop {
-            tokio::select! {
+            let heard = tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(due) => break,
-                heard = publisher.hear(proto) => acked += u64::from(book(heard?, &mut acks)),
-            }
+                heard = publisher.hear(proto) => heard?,
+            };
+            let id = publisher.handle(heard).await?;
+            acked += u64::from(book(id, &mut acks));
         }
         let r = i as usize % rooms.len();
         let (room, k) = (&rooms[r], next_k[r]);
@@ -712,10 +750,17 @@ pub async fn publish_many(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while acked < count {
             match tokio::time::timeout_at(deadline, publisher.hear(proto)).await {
-                Ok(Ok(heard)) => acked += u64::from(book(heard, &mut acks)),
+                Ok(Ok(heard)) => {
+                    let id = publisher.handle(heard).await?;
+                    acked += u64::from(book(id, &mut acks));
+                }
                 _ => break,
             }
         }
+    }
+    let failed = publisher.failed() - failed_before;
+    if failed > 0 {
+        println!("  the Pusher API refused or did not answer {failed} of {count} posts");
     }
     Ok(count)
 }
