@@ -439,23 +439,17 @@ impl Publisher {
         size: usize,
         want_ack: bool,
     ) -> anyhow::Result<()> {
+        let body = body(k, t, size);
         let ws = match self {
-            Publisher::Api(api) => return api.post(i, room, &body(k, t, size)).await,
+            Publisher::Api(api) => return api.post(i, room, &body).await,
             Publisher::Ws(ws) => ws,
         };
         let frame = match (proto, want_ack) {
-            (Proto::SocketIo, false) => format!(
-                r#"42["send",{{"room":"{room}","data":{}}}]"#,
-                body(k, t, size)
-            ),
-            (Proto::SocketIo, true) => format!(
-                r#"42{i}["send",{{"room":"{room}","data":{}}}]"#,
-                body(k, t, size)
-            ),
-            _ => format!(
-                r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{}}}"#,
-                body(k, t, size)
-            ),
+            (Proto::SocketIo, false) => format!(r#"42["send",{{"room":"{room}","data":{body}}}]"#),
+            (Proto::SocketIo, true) => {
+                format!(r#"42{i}["send",{{"room":"{room}","data":{body}}}]"#)
+            }
+            _ => format!(r#"{{"op":"send","id":{i},"room":"{room}","cid":"p{k}","body":{body}}}"#),
         };
         ws.send(Message::text(frame)).await?;
         Ok(())
